@@ -1,0 +1,83 @@
+"""Backend selection: which implementation of an op runs for a tensor on a device.
+
+`reference` always runs. `native` needs the compiled extension (with CUDA for CUDA tensors).
+`triton` needs Triton and either a CUDA device or TRITON_INTERPRET=1 for CPU tensors.
+`auto` takes the fastest usable one per device: triton, then native, then reference on CUDA;
+native, then reference on CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from ..config import BACKENDS
+from . import native, reference
+
+DEVICE_TYPES = ("cpu", "cuda")
+_AUTO_ORDER = {"cuda": ("triton", "native", "reference"), "cpu": ("native", "reference")}
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    backend: str
+    device: str
+    usable: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.backend:9s} {self.device:4s} {'yes' if self.usable else 'no ':3s}  {self.reason}"
+
+
+def _triton_availability(device_type: str) -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "the triton package is not installed"
+    return False, "Triton kernels are not part of this version yet (the Triton fast path issue)"
+
+
+def availability(backend: str, device_type: str) -> tuple[bool, str]:
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return False, "no CUDA device visible to torch"
+    if backend == "reference":
+        return True, "pure PyTorch (ground truth)"
+    if backend == "native":
+        return native.availability(device_type)
+    if backend == "triton":
+        return _triton_availability(device_type)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def backends() -> dict[str, dict[str, BackendStatus]]:
+    """Every backend on every device type: usable here or not, and why."""
+    table = {
+        name: {dev: BackendStatus(name, dev, *availability(name, dev)) for dev in DEVICE_TYPES}
+        for name in BACKENDS
+        if name != "auto"
+    }
+    table["auto"] = {}
+    for dev in DEVICE_TYPES:
+        usable = table["reference"][dev].usable
+        reason = f"uses {_auto_choice(dev)}" if usable else table["reference"][dev].reason
+        table["auto"][dev] = BackendStatus("auto", dev, usable, reason)
+    return table
+
+
+def _auto_choice(device_type: str) -> str:
+    for name in _AUTO_ORDER.get(device_type, ("reference",)):
+        if availability(name, device_type)[0]:
+            return name
+    return "reference"
+
+
+def resolve(backend: str, device: torch.device):
+    """The module implementing `backend` for tensors on `device`; raises if it cannot run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = _auto_choice(device.type)
+    usable, reason = availability(backend, device.type)
+    if not usable:
+        raise RuntimeError(f"backend {backend!r} cannot run on {device.type}: {reason}")
+    return {"reference": reference, "native": native}[backend]

@@ -1,0 +1,152 @@
+"""The `native` backend (lnlatten_fast._C) against `reference`, forward and backward."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lnlatten_fast as lf
+from helpers import TOLERANCE, geometries, relative_error
+from lnlatten_fast.ops import native
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def test_extension_is_installed():
+    """The installed package carries the compiled module and it runs on CPU."""
+    assert native._C is not None, native.IMPORT_ERROR
+    assert lf.backends()["native"]["cpu"].usable
+    info = native._C.build_info()
+    assert set(info) >= {"cuda", "openmp", "compiler", "cuda_arch"}
+
+
+def run_both(fn, inputs, grad_seed):
+    """Forward and backward of `fn` on both backends with the same upstream gradient."""
+    results = {}
+    for backend in ("reference", "native"):
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        outs = fn(*leaves, backend=backend)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        gen = torch.Generator().manual_seed(grad_seed)
+        grads = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype) for o in outs]
+        torch.autograd.backward(outs, grads)
+        results[backend] = ([o.detach() for o in outs], [t.grad for t in leaves])
+    return results["native"], results["reference"]
+
+
+def assert_close(got, expected, dtype):
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype and g.shape == e.shape
+        assert relative_error(g, e) <= TOLERANCE[dtype], relative_error(g, e)
+
+
+@given(geometries(), st.integers(0, 3), st.integers(1, 5), st.sampled_from(DTYPES), st.booleans(), st.integers(0, 2**31))
+def test_extract_patches(geom, batch, channels, dtype, channels_last, seed):
+    torch.manual_seed(seed)
+    f9 = torch.randn(batch, channels, geom.image_size, geom.image_size).to(dtype)
+    if channels_last:
+        f9 = f9.to(memory_format=torch.channels_last)
+    (outs, grads), (ref_outs, ref_grads) = run_both(
+        lambda x, backend: lf.ops.extract_patches(x, geom, backend=backend), [f9], seed
+    )
+    assert torch.equal(outs[0], ref_outs[0])  # a copy is exact in every dtype
+    assert_close(grads, ref_grads, dtype)
+
+
+@given(geometries(), st.integers(1, 3), st.integers(1, 5), st.sampled_from(DTYPES), st.integers(0, 2**31))
+def test_overlap_add(geom, batch, channels, dtype, seed):
+    torch.manual_seed(seed)
+    patches = torch.randn(batch, geom.num_patches, channels, geom.patch, geom.patch).to(dtype)
+    (outs, grads), (ref_outs, ref_grads) = run_both(
+        lambda p, backend: lf.ops.overlap_add(p, geom, backend=backend), [patches], seed
+    )
+    assert_close(outs, ref_outs, dtype)
+    assert torch.equal(grads[0], ref_grads[0])
+
+
+@given(st.integers(0, 4), st.integers(1, 20), st.integers(1, 24), st.sampled_from(DTYPES), st.booleans(), st.integers(0, 2**31))
+def test_l1_attention(batch, regions, dim, dtype, nonnegative, seed):
+    torch.manual_seed(seed)
+    q, k, v = (torch.randn(batch, regions, dim) for _ in range(3))
+    if nonnegative:  # as in the model: ReLU then max-pool
+        q, k = q.relu(), k.relu()
+    if batch:
+        q[0, regions // 2] = 0  # an all-zero row of R~ must stay finite
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    (outs, grads), (ref_outs, ref_grads) = run_both(lf.ops.l1_nonlocal_attention, [q, k, v], seed)
+    assert_close(outs, ref_outs, dtype)
+    assert_close(grads, ref_grads, dtype)
+
+
+def test_l1_attention_only_weights_used():
+    """An output left out of the loss arrives as no gradient; the op must treat it as zero."""
+    q, k, v = (torch.rand(2, 4, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    _, w = lf.ops.l1_nonlocal_attention(q, k, v, backend="native")
+    w.pow(2).sum().backward()
+    ref = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    _, w_ref = lf.ops.l1_nonlocal_attention(*ref, backend="reference")
+    w_ref.pow(2).sum().backward()
+    for a, b in zip((q, k, v), ref):
+        assert relative_error(a.grad, b.grad) < 1e-10
+
+
+@given(geometries(max_patch=10), st.integers(1, 2), st.integers(1, 4), st.integers(1, 4), st.integers(0, 2**31))
+def test_patch_conv_then_grouped_conv_with_pool(geom, batch, c_in, c_out, seed):
+    torch.manual_seed(seed)
+    m = geom.num_patches
+    inputs = [
+        torch.randn(batch, c_in, geom.image_size, geom.image_size),
+        torch.randn(m, c_out, c_in, 3, 3),
+        torch.randn(m, c_out),
+        torch.randn(m, c_out, c_out, 3, 3),
+        torch.randn(m, c_out),
+    ]
+
+    def two_layers(x, w1, b1, w2, b2, backend):
+        h = lf.ops.patch_conv3x3(x, w1, b1, geom, relu=True, backend=backend)
+        return lf.ops.grouped_conv3x3(h, w2, b2, relu=True, pool=True, backend=backend)
+
+    (outs, grads), (ref_outs, ref_grads) = run_both(two_layers, inputs, seed)
+    assert_close(outs, ref_outs, torch.float32)
+    assert_close(grads, ref_grads, torch.float32)
+
+
+def test_gradcheck_native_ops():
+    geom = lf.PatchGeometry(8, 2, 5, 3)
+    leaf = lambda *s: torch.randn(*s, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    assert torch.autograd.gradcheck(lambda x: lf.ops.extract_patches(x, geom, backend="native"), (leaf(2, 2, 8, 8),))
+    assert torch.autograd.gradcheck(lambda p: lf.ops.overlap_add(p, geom, backend="native"), (leaf(2, 4, 2, 5, 5),))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: lf.ops.l1_nonlocal_attention(q, k, v, backend="native"), (leaf(2, 5, 4), leaf(2, 5, 4), leaf(2, 5, 4))
+    )
+
+
+def test_model_native_matches_reference():
+    torch.manual_seed(0)
+    cfg = lf.LNLConfig.tiny(backend="reference", dropout=0.0)
+    ref_model = lf.LNLAttenNet(cfg)
+    nat_model = lf.LNLAttenNet(cfg.replace(backend="native"))
+    nat_model.load_state_dict(ref_model.state_dict())
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 5])
+    outs = {}
+    for name, model in (("reference", ref_model), ("native", nat_model)):
+        out = model(x)
+        lf.lnl_loss(out.logits, y, model).backward()
+        outs[name] = (out, {n: p.grad for n, p in model.named_parameters()})
+    (out, grads), (ref_out, ref_grads) = outs["native"], outs["reference"]
+    for a, b in zip(out[:3], ref_out[:3]):
+        assert relative_error(a, b) < 1e-5
+    for name in ref_grads:
+        assert relative_error(grads[name], ref_grads[name]) < 1e-4, name
+
+
+def test_torch_compile_traces_native_ops_without_graph_breaks():
+    geom = lf.PatchGeometry(8, 2, 5, 3)
+
+    def fn(x, q):
+        p = lf.ops.extract_patches(x, geom, backend="native")
+        s, w = lf.ops.l1_nonlocal_attention(q, q, q, backend="native")
+        return lf.ops.overlap_add(p, geom, backend="native").sum() + s.sum() + w.sum()
+
+    explanation = torch._dynamo.explain(fn)(torch.randn(1, 2, 8, 8), torch.rand(1, 4, 3))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
