@@ -7,7 +7,7 @@ all widths divided by 8.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .geometry import PatchGeometry
 

@@ -3,7 +3,6 @@ import os
 # Triton reads this when kernels are decorated, so it must be set before anything imports them.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 

@@ -13,6 +13,11 @@ so `torch.compile(fullgraph=True)` traces through it.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.metadata
+import importlib.util
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +25,40 @@ import torch.nn.functional as F
 from ..geometry import PatchGeometry
 from .reference import L1_NORM_EPS
 
-try:
-    _C = importlib.import_module("lnlatten_fast._C")
-except ImportError as error:  # the package stays usable on `reference` without the build
-    _C = None
-    IMPORT_ERROR = f"the compiled extension lnlatten_fast._C could not be loaded ({error})"
-else:
-    IMPORT_ERROR = None
+def _installed_extension_path():
+    """`_C` of the pip-installed copy, for code run from a source checkout (`python -m ...`
+    in the repository imports the checkout, which holds no build)."""
+    try:
+        files = importlib.metadata.distribution("lnlatten_fast").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.parent.name == "lnlatten_fast" and any(
+            file.name == "_C" + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES
+        ):
+            return file.locate()
+    return None
+
+
+def _load_extension():
+    try:
+        return importlib.import_module("lnlatten_fast._C"), None
+    except ImportError as error:
+        path = _installed_extension_path()
+        if path is None or not os.path.exists(path):
+            return None, f"the compiled extension lnlatten_fast._C could not be loaded ({error})"
+    spec = importlib.util.spec_from_file_location("lnlatten_fast._C", path)
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        return None, f"the compiled extension at {path} could not be loaded ({error})"
+    sys.modules["lnlatten_fast._C"] = module
+    return module, None
+
+
+# Without the build the package stays usable on `reference`; backends() says why.
+_C, IMPORT_ERROR = _load_extension()
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 _CPU_DTYPES = (torch.float32, torch.float64)

@@ -1,0 +1,1 @@
+"""Dataset readers, caches and loaders for facial expression recognition."""
