@@ -264,6 +264,13 @@ class LNLAttenNet(nn.Module):
         self.backend = backend
         return self
 
+    def channels_last(self) -> "LNLAttenNet":
+        """Channels-last storage for the 2-D convolutions (stacked 5-D weights keep theirs)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                module.to(memory_format=torch.channels_last)
+        return self
+
     def regularized_weights(self) -> list[torch.Tensor]:
         """The conv and linear weights (not biases) that eq. 3's L2 term covers."""
         return [p for name, p in self.named_parameters() if name.endswith("weight")]

@@ -939,9 +939,11 @@ def read_manifest(csv_path: str | os.PathLike, split: str, *, check_files: bool 
 
 
 def kfold_by_subject(
-    samples: Sequence[Sample], k: int = 5, seed: int = 0
+    samples: Sequence[Sample] | Sequence[str | None], k: int = 5, seed: int = 0
 ) -> list[tuple[list[int], list[int]]]:
     """Subject-independent k-fold split: ``[(train_indices, test_indices)] * k``.
+
+    ``samples`` are records or just their subjects (one per image).
 
     Every subject's images land in exactly one test fold; the test folds partition
     ``range(len(samples))``. Folds are balanced by image count: subjects are assigned largest
@@ -953,9 +955,11 @@ def kfold_by_subject(
         raise ValueError(f"kfold_by_subject: k must be an int >= 2, got {k!r}")
     groups: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
-        if s.subject is None:
-            raise ValueError(f"kfold_by_subject: sample {i} ({s.path}) has no subject")
-        groups[s.subject].append(i)
+        subject = s.subject if isinstance(s, Sample) else s
+        if subject is None:
+            where = f" ({s.path})" if isinstance(s, Sample) else ""
+            raise ValueError(f"kfold_by_subject: sample {i}{where} has no subject")
+        groups[subject].append(i)
     if len(groups) < k:
         raise ValueError(
             f"kfold_by_subject: {len(groups)} subject(s) cannot make {k} subject-independent folds"

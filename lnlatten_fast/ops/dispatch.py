@@ -71,13 +71,19 @@ def _auto_choice(device_type: str) -> str:
     return "reference"
 
 
-def resolve(backend: str, device: torch.device):
-    """The module implementing `backend` for tensors on `device`; raises if it cannot run."""
+def resolve_name(backend: str, device: torch.device) -> str:
+    """The backend that runs for tensors on `device` (`auto` resolved); raises if it cannot."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
     if backend == "auto":
         backend = _auto_choice(device.type)
     usable, reason = availability(backend, device.type)
     if not usable:
         raise RuntimeError(f"backend {backend!r} cannot run on {device.type}: {reason}")
-    return {"reference": reference, "native": native}[backend]
+    return backend
+
+
+def resolve(backend: str, device: torch.device):
+    """The module implementing `backend` for tensors on `device`."""
+    return {"reference": reference, "native": native}[resolve_name(backend, device)]

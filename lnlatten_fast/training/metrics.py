@@ -1,0 +1,65 @@
+"""Accuracy, mean class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    flat = target.long() * num_classes + predicted.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def accuracy(confusion: torch.Tensor) -> float:
+    total = confusion.sum().item()
+    return confusion.diag().sum().item() / total if total else float("nan")
+
+
+def mean_class_accuracy(confusion: torch.Tensor) -> float:
+    """Mean of per-class recall over the classes present in the targets."""
+    support = confusion.sum(dim=1)
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    recall = confusion.diag()[present].double() / support[present].double()
+    return recall.mean().item()
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def plot_confusion(confusion, class_names, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = torch.as_tensor(confusion).double()
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * n, 0.8 + 0.8 * n))
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{rates[i, j]:.2f}\n{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,352 @@
+"""The paper's protocol (SPEC §5) as one short loop.
+
+Adam (lr 3e-4, x0.95 per epoch), eq. 3 loss, horizontal flip + random crop, 24 epochs, test
+accuracy every epoch, and the paper's number: the mean of the last 10 epochs' test accuracy.
+CK+ (and any dataset run with --folds K) is trained K times on subject-independent folds and
+reported as mean ± std. Under torchrun the batch is split across processes with DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from ..config import LNLConfig
+from ..data import readers
+from ..data.cache import ImageSet
+from ..data.pipeline import BatchLoader
+from ..data.sources import load_split, stratified_holdout
+from ..model import LNLAttenNet, lnl_loss
+from ..ops.dispatch import resolve_name
+from . import checkpoint, distributed, metrics
+
+LAST_EPOCHS_AVERAGED = 10  # the paper reports the mean of the last 10 epochs
+
+
+@dataclass
+class TrainSettings:
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    preset: str = "tiny"
+    epochs: int = 24
+    batch_size: int = 64
+    lr: float = 3e-4
+    lr_decay: float = 0.95
+    variant: str = "full"
+    alpha: float = 0.7
+    num_patches: int = 16
+    overlap: int | None = None
+    image_size: int | None = None  # None: the preset's
+    backend: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+    workers: int = 0
+    compile: bool = False
+    folds: int | None = None  # None: 5 for CK+, else the dataset's own train/test split
+    val_fraction: float = 0.0
+    cache_dir: str | None = None
+    synthetic_train: int | None = None
+    synthetic_test: int | None = None
+    crop_padding: int | None = None  # None: image_size // 16
+
+    def model_config(self) -> LNLConfig:
+        if self.preset not in ("tiny", "paper"):
+            raise ValueError(f"--preset must be tiny or paper, got {self.preset!r}")
+        make = LNLConfig.tiny if self.preset == "tiny" else LNLConfig.paper
+        overrides = dict(
+            variant=self.variant, alpha=self.alpha, num_patches=self.num_patches,
+            overlap=self.overlap, backend=self.backend, num_classes=readers.NUM_CLASSES,
+        )
+        if self.image_size is not None:
+            overrides["image_size"] = self.image_size
+        return make(**overrides)
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if self.folds is not None and self.folds != 0 and self.folds < 2:
+            raise ValueError(f"--folds must be 0 (the dataset's own split) or >= 2, got {self.folds}")
+        self.model_config()  # raises on a bad variant, alpha, geometry or backend
+
+    @property
+    def num_folds(self) -> int:
+        if self.folds is None:
+            return 5 if self.dataset == "ckplus" else 0
+        return self.folds
+
+
+# ---- one training run ---------------------------------------------------------------------
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: LNLAttenNet, images: ImageSet, batch_size: int, ctx: distributed.Context) -> dict:
+    """Accuracy, mean class accuracy and confusion matrix, summed over every rank's share."""
+    model.eval()
+    indices = np.arange(ctx.rank, len(images), ctx.world_size)  # disjoint shares, no padding
+    loader = BatchLoader(images.images, images.labels, indices, batch_size, ctx.device)
+    num_classes = model.config.num_classes
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=ctx.device)
+    for x, y in loader:
+        with _autocast(ctx.device):
+            logits = model(x).logits
+        confusion += metrics.confusion_matrix(logits.argmax(dim=1), y, num_classes)
+    confusion = distributed.all_reduce_sum(confusion, ctx).cpu()
+    return {
+        "accuracy": metrics.accuracy(confusion),
+        "mean_class_accuracy": metrics.mean_class_accuracy(confusion),
+        "confusion": confusion.tolist(),
+    }
+
+
+def _write_epoch(run_dir: Path, record: dict) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    columns = [k for k, v in record.items() if not isinstance(v, list)]
+    csv_path = run_dir / "metrics.csv"
+    new = not csv_path.exists()
+    with open(csv_path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(record)
+
+
+def fit(
+    settings: TrainSettings,
+    train_set: ImageSet,
+    test_set: ImageSet,
+    run_dir: Path,
+    ctx: distributed.Context,
+    val_set: ImageSet | None = None,
+    fold: int | None = None,
+) -> dict:
+    """Train one model; write metrics and checkpoints to `run_dir`; return its summary."""
+    cfg = settings.model_config()
+    torch.manual_seed(settings.seed)
+    model = LNLAttenNet(cfg).to(ctx.device).channels_last()
+    backend_used = resolve_name(cfg.backend, ctx.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_decay)
+    history: list[dict] = []
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if settings.resume and last_path.exists():
+        state = checkpoint.load(last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        torch.set_rng_state(state["rng"])
+    step_model = model
+    if ctx.distributed:
+        step_model = torch.nn.parallel.DistributedDataParallel(model)
+    if settings.compile:
+        step_model = torch.compile(step_model)
+
+    crop = settings.crop_padding if settings.crop_padding is not None else cfg.image_size // 16
+    sampler = DistributedSampler(range(len(train_set)), ctx.world_size, ctx.rank, shuffle=True, seed=settings.seed)
+    best = max((h["test_accuracy"] for h in history), default=-1.0)
+    for epoch in range(len(history), settings.epochs):
+        sampler.set_epoch(epoch)
+        loader = BatchLoader(
+            train_set.images, train_set.labels, list(sampler), settings.batch_size, ctx.device,
+            shuffle=False, augment=True, crop_padding=crop, epoch_seed=settings.seed * 100_003 + epoch,
+            drop_last=len(sampler) > settings.batch_size,
+        )
+        model.train()
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # (Σ loss·n, n)
+        start = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not ctx.is_main,
+                   leave=False, dynamic_ncols=True)
+        for x, y in bar:
+            with _autocast(ctx.device):
+                logits = step_model(x).logits
+            loss = lnl_loss(logits.float(), y, model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum[0] += loss.detach().double() * len(y)
+            loss_sum[1] += len(y)
+            if bar.n % 10 == 0:  # .item() waits for the device: not every step
+                seen = loss_sum[1].item() * ctx.world_size
+                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        train_seconds = time.perf_counter() - start
+        loss_sum = distributed.all_reduce_sum(loss_sum, ctx)
+        scheduler.step()
+
+        test = evaluate(model, test_set, settings.batch_size, ctx)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum[0].item() / max(loss_sum[1].item(), 1),
+            "test_accuracy": test["accuracy"],
+            "test_mean_class_accuracy": test["mean_class_accuracy"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_seconds": train_seconds,
+            "images_per_second": loss_sum[1].item() / train_seconds,
+            "confusion": test["confusion"],
+        }
+        if val_set is not None:
+            record["val_accuracy"] = evaluate(model, val_set, settings.batch_size, ctx)["accuracy"]
+        history.append(record)
+        if ctx.is_main:
+            _write_epoch(run_dir, record)
+            payload = dict(
+                model=model.state_dict(), config=cfg.to_dict(), settings=dataclasses.asdict(settings),
+                epoch=epoch + 1, test_accuracy=test["accuracy"], class_names=list(readers.CLASS_NAMES),
+                fold=fold,
+            )
+            selection = record.get("val_accuracy", test["accuracy"])
+            if selection > best:
+                best = selection
+                checkpoint.save_atomic(payload, best_path)
+            checkpoint.save_atomic(
+                dict(payload, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     history=history, rng=torch.get_rng_state()),
+                last_path,
+            )
+            tqdm.write(
+                f"epoch {epoch + 1:3d}  loss {record['train_loss']:.4f}  test acc {test['accuracy']:.4f}  "
+                f"mean class acc {test['mean_class_accuracy']:.4f}  {record['images_per_second']:.0f} img/s"
+            )
+    return summarize(history, settings, backend_used)
+
+
+def summarize(history: list[dict], settings: TrainSettings, backend: str) -> dict:
+    accuracies = [h["test_accuracy"] for h in history]
+    best_epoch = int(np.argmax(accuracies)) + 1
+    total_images = sum(h["images_per_second"] * h["train_seconds"] for h in history)
+    return {
+        "test_accuracy_last10_mean": float(np.mean(accuracies[-LAST_EPOCHS_AVERAGED:])),
+        "test_accuracy_best": max(accuracies),
+        "best_epoch": best_epoch,
+        "test_accuracy_final": accuracies[-1],
+        "mean_class_accuracy": history[-1]["test_mean_class_accuracy"],
+        "epochs": len(history),
+        "images_per_second": total_images / sum(h["train_seconds"] for h in history),
+        "dataset": settings.dataset,
+        "preset": settings.preset,
+        "variant": settings.variant,
+        "backend": backend,
+        "confusion": history[-1]["confusion"],
+    }
+
+
+# ---- the whole job ------------------------------------------------------------------------
+def _prepare_run_dir(settings: TrainSettings, ctx: distributed.Context) -> Path:
+    if settings.out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        settings.out = str(Path("runs") / f"{settings.dataset}-{settings.preset}-{stamp}")
+    run_dir = Path(settings.out)
+    if ctx.is_main:
+        finished = (run_dir / "metrics.jsonl").exists() or any(run_dir.glob("fold*/metrics.jsonl"))
+        if finished and not settings.resume:
+            raise FileExistsError(
+                f"--out {run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(
+            json.dumps({"settings": dataclasses.asdict(settings), "model": settings.model_config().to_dict()}, indent=2)
+        )
+    return run_dir
+
+
+def load_data(settings: TrainSettings, image_size: int) -> list[tuple[ImageSet, ImageSet]]:
+    """[(train, test)]: one pair, or one per subject-independent fold."""
+    common = dict(
+        image_size=image_size, data_root=settings.data_root, cache_dir=settings.cache_dir,
+        workers=settings.workers, seed=settings.seed,
+    )
+    if settings.num_folds:
+        everything = load_split(settings.dataset, "all", **common)
+        if everything.subjects is None or any(s is None for s in everything.subjects):
+            raise ValueError(f"--folds {settings.num_folds} needs a subject per image; {settings.dataset} has none")
+        folds = readers.kfold_by_subject(everything.subjects, k=settings.num_folds, seed=settings.seed)
+        return [(everything.subset(tr), everything.subset(te)) for tr, te in folds]
+    train = load_split(settings.dataset, "train", synthetic_size=settings.synthetic_train, **common)
+    test = load_split(settings.dataset, "test", synthetic_size=settings.synthetic_test, **common)
+    return [(train, test)]
+
+
+def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    metrics.plot_confusion(
+        summary["confusion"], readers.CLASS_NAMES, run_dir / "confusion_matrix.png",
+        f"{settings.dataset}, {settings.preset}/{settings.variant}: final epoch",
+    )
+    lines = [
+        f"# LNLAttenNet on {settings.dataset}",
+        "",
+        f"- preset {settings.preset}, variant {settings.variant}, backend {summary['backend']}, "
+        f"{summary['epochs']} epochs",
+        f"- test accuracy, mean of the last {LAST_EPOCHS_AVERAGED} epochs: **{summary['test_accuracy_last10_mean']:.4f}**"
+        + (f" ± {summary['test_accuracy_last10_std']:.4f} over {summary['folds']} folds" if "folds" in summary else ""),
+        f"- best test accuracy {summary['test_accuracy_best']:.4f} (epoch {summary['best_epoch']})",
+        f"- mean class accuracy (final epoch) {summary['mean_class_accuracy']:.4f}",
+        f"- training throughput {summary['images_per_second']:.0f} images/s",
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+    ]
+    text = "\n".join(lines) + "\n"
+    (run_dir / "summary.md").write_text(text)
+    return text
+
+
+def train(settings: TrainSettings) -> dict:
+    settings.validate()
+    ctx = distributed.setup(settings.device)
+    try:
+        run_dir = _prepare_run_dir(settings, ctx)
+        cfg = settings.model_config()
+        splits = load_data(settings, cfg.image_size)
+        val_set = None
+        summaries = []
+        for fold, (train_set, test_set) in enumerate(splits):
+            fold_dir = run_dir / f"fold{fold}" if len(splits) > 1 else run_dir
+            if ctx.is_main:
+                fold_dir.mkdir(parents=True, exist_ok=True)
+            if settings.val_fraction:
+                keep, held = stratified_holdout(train_set.labels, settings.val_fraction, settings.seed)
+                train_set, val_set = train_set.subset(keep), train_set.subset(held)
+            summaries.append(fit(settings, train_set, test_set, fold_dir, ctx, val_set, fold if len(splits) > 1 else None))
+        summary = summaries[0] if len(summaries) == 1 else _merge_folds(summaries)
+        if ctx.is_main:
+            print(_write_summary(run_dir, summary, settings))
+            print(f"run directory: {run_dir}")
+        return summary
+    finally:
+        distributed.teardown(ctx)
+
+
+def _merge_folds(summaries: list[dict]) -> dict:
+    merged = dict(summaries[0])
+    means = [s["test_accuracy_last10_mean"] for s in summaries]
+    merged["test_accuracy_last10_mean"], merged["test_accuracy_last10_std"] = metrics.mean_std(means)
+    merged["test_accuracy_best"] = float(np.mean([s["test_accuracy_best"] for s in summaries]))
+    merged["mean_class_accuracy"] = float(np.mean([s["mean_class_accuracy"] for s in summaries]))
+    merged["images_per_second"] = float(np.mean([s["images_per_second"] for s in summaries]))
+    merged["confusion"] = np.sum([s["confusion"] for s in summaries], axis=0).tolist()
+    merged["folds"] = len(summaries)
+    merged["per_fold"] = [{k: v for k, v in s.items() if k != "confusion"} for s in summaries]
+    return merged
