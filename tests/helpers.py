@@ -11,16 +11,30 @@ import lnlatten_fast as lf
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """‖actual - expected‖ / ‖expected‖ in float64; NaN anywhere counts as infinite error."""
+def relative_error(actual: torch.Tensor, expected: torch.Tensor, scale_floor: float = 0.0) -> float:
+    """‖actual - expected‖ / max(‖expected‖, scale_floor) in float64; NaN counts as infinite.
+
+    `scale_floor` stands in for ‖expected‖ when the expected tensor is (mathematically) zero
+    and holds only rounding noise, e.g. a gradient that cancels exactly.
+    """
     actual, expected = actual.double(), expected.double()
     if actual.shape != expected.shape:
         raise AssertionError(f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
     if not torch.isfinite(actual).all():
         return float("inf")
-    scale = expected.norm().item()
+    scale = max(expected.norm().item(), scale_floor)
     diff = (actual - expected).norm().item()
     return diff / scale if scale > 0 else diff
+
+
+def assert_all_close(got, expected, dtype) -> None:
+    """Each tensor within the dtype's relative bound; one under 1% of the group is measured against
+    1% of the group (a gradient that cancels exactly holds only rounding noise)."""
+    group_norm = sum(e.double().norm().item() ** 2 for e in expected) ** 0.5
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == e.dtype and g.shape == e.shape, (g.dtype, e.dtype, g.shape, e.shape)
+        err = relative_error(g, e, scale_floor=1e-2 * group_norm)
+        assert err <= TOLERANCE[dtype], f"relative error {err:.3g} > {TOLERANCE[dtype]:.0e} ({dtype})"
 
 
 @st.composite

@@ -37,16 +37,27 @@ def _triton_availability(device_type: str) -> tuple[bool, str]:
     return False, "Triton kernels are not part of this version yet (the Triton fast path issue)"
 
 
-def availability(backend: str, device_type: str) -> tuple[bool, str]:
+def _probe(backend: str, device_type: str) -> tuple[bool, str]:
     if device_type == "cuda" and not torch.cuda.is_available():
         return False, "no CUDA device visible to torch"
     if backend == "reference":
         return True, "pure PyTorch (ground truth)"
     if backend == "native":
         return native.availability(device_type)
-    if backend == "triton":
-        return _triton_availability(device_type)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _triton_availability(device_type)
+
+
+# Probed once at import: what can run does not change during a process, and a plain dict
+# lookup keeps backend resolution traceable by torch.compile without graph breaks.
+_AVAILABILITY = {
+    (name, dev): _probe(name, dev) for name in BACKENDS if name != "auto" for dev in DEVICE_TYPES
+}
+
+
+def availability(backend: str, device_type: str) -> tuple[bool, str]:
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
+    return _AVAILABILITY.get((backend, device_type), (False, f"unknown device type {device_type!r}"))
 
 
 def backends() -> dict[str, dict[str, BackendStatus]]:

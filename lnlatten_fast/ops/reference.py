@@ -65,7 +65,14 @@ def patch_conv3x3(
 def l1_nonlocal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """R~ = Q Kᵀ; R = R~ with rows L1-normalised; w_g = column mean of R; s = R V."""
+    """R~ = Q Kᵀ; R = R~ with rows L1-normalised; w_g = column mean of R; s = R V.
+
+    Half-precision inputs are computed in float32: eps = 1e-12 is 0 in float16, which would
+    turn an all-zero row into 0/0.
+    """
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
     relation = q @ k.transpose(-1, -2)
     relation = F.normalize(relation, p=1, dim=-1, eps=L1_NORM_EPS)
-    return relation @ v, relation.mean(dim=1)
+    return (relation @ v).to(dtype), relation.mean(dim=1).to(dtype)
