@@ -6,9 +6,11 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+# CI draws the same examples every run (a red build is reproducible); "thorough" explores.
 settings.register_profile(
     "ci",
     max_examples=25,
+    derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
