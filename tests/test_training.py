@@ -1,0 +1,159 @@
+"""The trainer end to end on a small synthetic run, its CLIs, resume, and 2-process DDP."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lnlatten_fast import evaluate as evaluate_cli
+from lnlatten_fast import predict as predict_cli
+from lnlatten_fast import train as train_cli
+from lnlatten_fast.training import metrics
+from lnlatten_fast.training.trainer import TrainSettings, train
+
+RUN_FILES = {
+    "config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt",
+    "confusion_matrix.png", "summary.md", "summary.json",
+}
+SUMMARY_KEYS = {
+    "test_accuracy_last10_mean", "test_accuracy_best", "mean_class_accuracy", "epochs",
+    "images_per_second", "dataset", "preset", "variant", "backend",
+}
+WALL_CLOCK = {"train_seconds", "images_per_second"}
+
+
+def small_settings(out, **changes):
+    base = dict(
+        epochs=2, batch_size=16, image_size=32, synthetic_train=56, synthetic_test=21,
+        out=str(out), cache_dir=str(out.parent / "cache"), seed=3,
+    )
+    base.update(changes)
+    return TrainSettings(**base)
+
+
+def read_metrics(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in lines]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    summary = train(small_settings(out))
+    return out, summary
+
+
+def test_run_directory_holds_every_artefact(finished_run):
+    out, summary = finished_run
+    assert RUN_FILES <= {p.name for p in out.iterdir()}
+    written = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(written)
+    assert written["epochs"] == 2 and written["dataset"] == "synthetic" and written["preset"] == "tiny"
+    history = read_metrics(out)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert written["test_accuracy_last10_mean"] == pytest.approx(sum(h["test_accuracy"] for h in history) / 2)
+    assert written["test_accuracy_best"] == max(h["test_accuracy"] for h in history)
+    csv_lines = (out / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("epoch,")
+    for name in ("last.pt", "best.pt"):
+        payload = torch.load(out / name, weights_only=True)
+        assert payload["config"]["image_size"] == 32 and "model" in payload
+    assert "test accuracy" in (out / "summary.md").read_text()
+
+
+def test_same_seed_gives_identical_metrics(finished_run, tmp_path):
+    out, _ = finished_run
+    train(small_settings(tmp_path / "again"))
+    assert read_metrics(tmp_path / "again") == read_metrics(out)
+
+
+def test_resume_continues_exactly(finished_run, tmp_path):
+    out, _ = finished_run
+    half = tmp_path / "half"
+    train(small_settings(half, epochs=1))
+    train(small_settings(half, epochs=2, resume=True))
+    assert read_metrics(half) == read_metrics(out)
+
+
+def test_refuses_to_overwrite_a_finished_run(finished_run):
+    out, _ = finished_run
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(small_settings(out))
+
+
+def test_evaluate_reproduces_the_recorded_accuracy(finished_run, capsys):
+    out, _ = finished_run
+    for name in ("best.pt", "last.pt"):
+        assert evaluate_cli.main(["--checkpoint", str(out / name), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["accuracy"] == pytest.approx(result["recorded_test_accuracy"], abs=1e-9)
+    last = json.loads((out / "summary.json").read_text())["test_accuracy_final"]
+    assert result["accuracy"] == pytest.approx(last, abs=1e-9)
+
+
+def test_predict_prints_top3_and_draws_the_heatmap(finished_run, tmp_path, capsys):
+    from PIL import Image
+
+    from lnlatten_fast.data.synthetic import generate
+
+    out, _ = finished_run
+    face = tmp_path / "face.png"
+    Image.fromarray(generate(1, size=80, seed=9)["images"][0]).save(face)
+    heatmap = tmp_path / "heat.png"
+    code = predict_cli.main([str(face), "--checkpoint", str(out / "best.pt"), "--heatmap", str(heatmap)])
+    assert code == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    probs = [float(part.split()[-1]) for part in line.split(": ", 1)[1].split(", ")]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert heatmap.stat().st_size > 1000
+
+
+def test_cli_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        train_cli.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--dataset", "--data-root", "--preset", "--epochs", "--batch-size", "--lr", "--variant",
+                 "--alpha", "--num-patches", "--overlap", "--backend", "--device", "--seed", "--out",
+                 "--resume", "--workers", "--compile", "--folds"):
+        assert flag in text
+
+
+def test_cli_bad_flags_are_named(tmp_path, capsys):
+    assert train_cli.main(["--epochs", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--epochs must be positive" in capsys.readouterr().err
+    assert train_cli.main(["--dataset", "rafdb", "--out", str(tmp_path / "y")]) == 2
+    assert "--data-root is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_cli.main(["--resume"])
+
+
+def test_metrics_on_a_known_confusion():
+    predicted = torch.tensor([0, 0, 1, 2, 2, 2])
+    target = torch.tensor([0, 1, 1, 2, 2, 0])
+    cm = metrics.confusion_matrix(predicted, target, 3)
+    assert cm.tolist() == [[1, 0, 1], [1, 1, 0], [0, 0, 2]]
+    assert metrics.accuracy(cm) == pytest.approx(4 / 6)
+    assert metrics.mean_class_accuracy(cm) == pytest.approx((1 / 2 + 1 / 2 + 1) / 3)
+    assert metrics.mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414213562))
+
+
+def test_ddp_two_processes_on_gloo(tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        "-m", "lnlatten_fast.train", "--epochs", "2", "--batch-size", "8", "--image-size", "32",
+        "--synthetic-train", "56", "--synthetic-test", "21", "--device", "cpu",
+        "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = read_metrics(out)
+    assert [h["epoch"] for h in history] == [1, 2]  # one writer: rank 0
+    summary = json.loads((out / "summary.json").read_text())
+    # every test image counted once across the two ranks
+    assert sum(map(sum, summary["confusion"])) == 21
+    assert evaluate_cli.main(["--checkpoint", str(out / "last.pt"), "--json"]) == 0
