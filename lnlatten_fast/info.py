@@ -20,7 +20,8 @@ def report() -> str:
     if native._C is None:
         lines.append(f"native extension: not loaded ({native.IMPORT_ERROR})")
     else:
-        lines.append(f"native extension: {native._C.build_info()}")
+        lines.append(f"native extension: {native._C.__file__}")
+        lines.append(f"  build: {native._C.build_info()}")
     lines.append("")
     lines.append("backend   dev  ok   why")
     for statuses in backends().values():

@@ -1,5 +1,9 @@
 """The `native` backend (lnlatten_fast._C) against `reference`, forward and backward."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given
@@ -18,6 +22,17 @@ def test_extension_is_installed():
     assert lf.backends()["native"]["cpu"].usable
     info = native._C.build_info()
     assert set(info) >= {"cuda", "openmp", "compiler", "cuda_arch"}
+
+
+def test_extension_found_from_a_checkout():
+    """`python -m lnlatten_fast...` inside the repository imports the checkout (no build in it);
+    the compiled module of the installed copy must still be found."""
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "lnlatten_fast.info"], cwd=repo, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert any(line.split()[:3] == ["native", "cpu", "yes"] for line in result.stdout.splitlines()), result.stdout
 
 
 def run_both(fn, inputs, grad_seed):

@@ -28,15 +28,13 @@ from .reference import L1_NORM_EPS
 def _installed_extension_path():
     """`_C` of the pip-installed copy, for code run from a source checkout (`python -m ...`
     in the repository imports the checkout, which holds no build)."""
-    try:
-        files = importlib.metadata.distribution("lnlatten_fast").files or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for file in files:
-        if file.parent.name == "lnlatten_fast" and any(
-            file.name == "_C" + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES
-        ):
-            return file.locate()
+    # Every match, not just the first: a checkout may hold a build's egg-info without the module.
+    for dist in importlib.metadata.distributions(name="lnlatten_fast"):
+        for file in dist.files or []:
+            if file.parent.name == "lnlatten_fast" and any(
+                file.name == "_C" + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES
+            ):
+                return file.locate()
     return None
 
 
