@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, default=d.epochs)
     run.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
     run.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate, x0.95 every epoch")
+    run.add_argument("--l2-lambda", type=float, default=d.l2_lambda, help="eq. 3's λ")
+    run.add_argument("--l2-mode", choices=("decoupled", "loss"), default=d.l2_mode,
+                     help="decoupled: W <- W - lr·2λ·W outside Adam (AdamW); loss: λ·Σ‖W‖² in the loss as eq. 3 "
+                          "writes it (with Adam this stalls the network from Xavier init)")
     run.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     run.add_argument("--seed", type=int, default=d.seed)
     run.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<preset>-<time>)")

@@ -44,6 +44,8 @@ class TrainSettings:
     batch_size: int = 64
     lr: float = 3e-4
     lr_decay: float = 0.95
+    l2_lambda: float = 1e-4  # eq. 3
+    l2_mode: str = "decoupled"  # "loss": λ·Σ‖W‖² added to the loss as written; see _optimizer
     variant: str = "full"
     alpha: float = 0.7
     num_patches: int = 16
@@ -81,6 +83,10 @@ class TrainSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.l2_mode not in ("decoupled", "loss"):
+            raise ValueError(f"--l2-mode must be decoupled or loss, got {self.l2_mode!r}")
+        if not (self.l2_lambda >= 0 and math.isfinite(self.l2_lambda)):
+            raise ValueError(f"--l2-lambda must be a finite number >= 0, got {self.l2_lambda}")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if self.folds is not None and self.folds != 0 and self.folds < 2:
@@ -95,6 +101,25 @@ class TrainSettings:
 
 
 # ---- one training run ---------------------------------------------------------------------
+def _optimizer(model: LNLAttenNet, settings: TrainSettings) -> torch.optim.Optimizer:
+    """Adam, with eq. 3's L2 term on the conv and linear weights (not biases).
+
+    "loss" adds λ·Σ‖W‖² to the loss as eq. 3 writes it. With Adam that collapses this network
+    from Xavier init: the cross-entropy gradient of the deep layers starts tiny (activations
+    shrink through each Xavier-initialised ReLU layer), Adam normalises the larger L2 gradient
+    into full-size steps toward zero, and the weights die before anything is learned (measured:
+    chance accuracy after 80 steps with the term, learning without it). "decoupled" (default)
+    applies the same per-step shrinkage SGD would get from that term, W <- W - lr·2λ·W, outside
+    Adam's normalisation (AdamW with weight_decay = 2λ).
+    """
+    weights = model.regularized_weights()
+    ids = {id(p) for p in weights}
+    others = [p for p in model.parameters() if id(p) not in ids]
+    decay = 2 * settings.l2_lambda if settings.l2_mode == "decoupled" else 0.0
+    groups = [{"params": weights, "weight_decay": decay}, {"params": others, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=settings.lr)
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -148,7 +173,8 @@ def fit(
     torch.manual_seed(settings.seed)
     model = LNLAttenNet(cfg).to(ctx.device).channels_last()
     backend_used = resolve_name(cfg.backend, ctx.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    optimizer = _optimizer(model, settings)
+    loss_l2 = settings.l2_lambda if settings.l2_mode == "loss" else 0.0
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_decay)
     history: list[dict] = []
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
@@ -183,7 +209,7 @@ def fit(
         for x, y in bar:
             with _autocast(ctx.device):
                 logits = step_model(x).logits
-            loss = lnl_loss(logits.float(), y, model)
+            loss = lnl_loss(logits.float(), y, model, l2_lambda=loss_l2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
