@@ -39,11 +39,15 @@ def test_bad_input_is_named(call, error, match):
         call()
 
 
-@pytest.mark.skipif(lf.backends()["triton"]["cpu"].usable, reason="needs a backend that cannot run here")
-def test_unusable_backend_says_why():
+def test_unusable_backend_says_why(monkeypatch):
+    from lnlatten_fast.ops import dispatch
+
+    monkeypatch.setitem(dispatch._AVAILABILITY, ("native", "cpu"), (False, "built without a compiler"))
     q = torch.randn(1, 4, 3)
-    with pytest.raises(RuntimeError, match="backend 'triton' cannot run on cpu: .*"):
-        lf.ops.l1_nonlocal_attention(q, q, q, backend="triton")
+    with pytest.raises(RuntimeError, match="backend 'native' cannot run on cpu: built without a compiler"):
+        lf.ops.l1_nonlocal_attention(q, q, q, backend="native")
+    assert lf.backends()["native"]["cpu"].reason == "built without a compiler"
+    assert lf.backends()["auto"]["cpu"].reason == "uses reference"  # auto falls back
 
 
 def test_backends_reports_every_backend_and_device():
@@ -55,3 +59,27 @@ def test_backends_reports_every_backend_and_device():
             assert status.reason  # every verdict carries its reason
     assert table["reference"]["cpu"].usable
     assert table["reference"]["cuda"].usable == torch.cuda.is_available()
+
+
+def test_auto_conv_choice_is_measured_once_per_shape(monkeypatch):
+    """On CUDA `auto` times triton against cuDNN for each conv shape once and keeps the winner."""
+    from lnlatten_fast.ops import dispatch
+
+    monkeypatch.setattr(dispatch, "_MEASURED", {})
+    monkeypatch.setattr(dispatch, "availability", lambda name, dev: (True, "test"))
+    timings = {"triton": 2.0, "native": 1.0}
+    calls = []
+
+    def timer(fn, device):
+        calls.append(device)
+        return timings[fn()]
+
+    cuda = torch.device("cuda")
+    key = (((2, 16, 8, 10, 10),), "torch.float32", True, ())
+    assert dispatch.conv_backend("grouped_conv3x3", key, cuda, lambda name: name, timer) == "native"
+    timings["triton"] = 0.5  # a later, different timing must not change a remembered choice
+    assert dispatch.conv_backend("grouped_conv3x3", key, cuda, lambda name: name, timer) == "native"
+    assert len(calls) == 2  # two candidates timed once each
+    other = (((4, 16, 8, 10, 10),), "torch.float32", True, ())
+    assert dispatch.conv_backend("grouped_conv3x3", other, cuda, lambda name: name, timer) == "triton"
+    assert dispatch.measured_choices() == {("grouped_conv3x3", *key): "native", ("grouped_conv3x3", *other): "triton"}

@@ -10,7 +10,7 @@ import torch
 
 from ..geometry import PatchGeometry
 from . import _checks
-from .dispatch import BackendStatus, backends, resolve
+from .dispatch import BackendStatus, backends, conv_backend, measured_choices, resolve
 
 __all__ = [
     "extract_patches",
@@ -20,7 +20,23 @@ __all__ = [
     "l1_nonlocal_attention",
     "backends",
     "BackendStatus",
+    "measured_choices",
 ]
+
+
+def _conv_key(*tensors, **flags) -> tuple:
+    shapes = tuple(None if t is None else tuple(t.shape) for t in tensors)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return (shapes, str(tensors[0].dtype), grad, tuple(sorted(flags.items())))
+
+
+def _run_for_timing(fn, inputs):
+    """Forward, and backward when the inputs need gradients, as a training step does, on
+    detached copies so that no gradient reaches the caller's tensors."""
+    copies = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in inputs]
+    out = fn(*copies)
+    if out.requires_grad:
+        out.sum().backward()
 
 
 def extract_patches(f9: torch.Tensor, geom: PatchGeometry, backend: str = "auto") -> torch.Tensor:
@@ -53,6 +69,11 @@ def patch_conv3x3(
     """
     _checks.check_feature_map(f9, geom)
     _checks.check_conv_params(f9, "f9", weight, bias, geom.num_patches, f9.shape[1])
+    if backend == "auto":
+        inputs = (f9, weight, bias)
+        key = _conv_key(*inputs, geom=geom, relu=relu)
+        backend = conv_backend("patch_conv3x3", key, f9.device, lambda name: _run_for_timing(
+            lambda x, w, b: resolve(name, f9.device).patch_conv3x3(x, w, b, geom, relu=relu), inputs))
     return resolve(backend, f9.device).patch_conv3x3(f9, weight, bias, geom, relu=relu)
 
 
@@ -73,6 +94,11 @@ def grouped_conv3x3(
     _checks.check_conv_params(h, "h", weight, bias, h.shape[1], h.shape[2])
     if pool and min(h.shape[-2:]) < 2:
         raise ValueError(f"pool=True needs H, W >= 2, got h of shape {tuple(h.shape)}")
+    if backend == "auto":
+        inputs = (h, weight, bias)
+        key = _conv_key(*inputs, relu=relu, pool=pool)
+        backend = conv_backend("grouped_conv3x3", key, h.device, lambda name: _run_for_timing(
+            lambda x, w, b: resolve(name, h.device).grouped_conv3x3(x, w, b, relu=relu, pool=pool), inputs))
     return resolve(backend, h.device).grouped_conv3x3(h, weight, bias, relu=relu, pool=pool)
 
 

@@ -3,18 +3,20 @@
 `reference` always runs. `native` needs the compiled extension (with CUDA for CUDA tensors).
 `triton` needs Triton and either a CUDA device or TRITON_INTERPRET=1 for CPU tensors.
 `auto` takes the fastest usable one per device: triton, then native, then reference on CUDA;
-native, then reference on CPU.
+native, then reference on CPU. For the convolutions on CUDA, `auto` does not assume Triton
+beats cuDNN: the first call of each shape times both and remembers the winner
+(`measured_choices()`, also printed by `python -m lnlatten_fast.info`).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import time
 from dataclasses import dataclass
 
 import torch
 
 from ..config import BACKENDS
-from . import native, reference
+from . import native, reference, triton_attention, triton_conv
 
 DEVICE_TYPES = ("cpu", "cuda")
 _AUTO_ORDER = {"cuda": ("triton", "native", "reference"), "cpu": ("native", "reference")}
@@ -32,9 +34,11 @@ class BackendStatus:
 
 
 def _triton_availability(device_type: str) -> tuple[bool, str]:
-    if importlib.util.find_spec("triton") is None:
-        return False, "the triton package is not installed"
-    return False, "Triton kernels are not part of this version yet (the Triton fast path issue)"
+    for module in (triton_conv, triton_attention):
+        usable, reason = module.availability(device_type)
+        if not usable:
+            return False, reason
+    return True, reason
 
 
 def _probe(backend: str, device_type: str) -> tuple[bool, str]:
@@ -95,6 +99,59 @@ def resolve_name(backend: str, device: torch.device) -> str:
     return backend
 
 
+class _TritonBackend:
+    """The `triton` backend's op set: convolutions and copies from triton_conv, attention from
+    triton_attention."""
+
+    extract_patches = staticmethod(triton_conv.extract_patches)
+    overlap_add = staticmethod(triton_conv.overlap_add)
+    patch_conv3x3 = staticmethod(triton_conv.patch_conv3x3)
+    grouped_conv3x3 = staticmethod(triton_conv.grouped_conv3x3)
+    l1_nonlocal_attention = staticmethod(triton_attention.l1_nonlocal_attention)
+
+
+_MODULES = {"reference": reference, "native": native, "triton": _TritonBackend}
+
+
 def resolve(backend: str, device: torch.device):
     """The module implementing `backend` for tensors on `device`."""
-    return {"reference": reference, "native": native}[resolve_name(backend, device)]
+    return _MODULES[resolve_name(backend, device)]
+
+
+# ---- measured choice for the convolutions on CUDA ----------------------------------------
+_MEASURED: dict[tuple, str] = {}
+CONV_CANDIDATES = ("triton", "native")  # native = cuDNN grouped conv after extraction
+
+
+def measured_choices() -> dict[tuple, str]:
+    """(op, shapes, dtype, flags) -> the backend `auto` measured fastest for it."""
+    return dict(_MEASURED)
+
+
+def _time_once(fn, device: torch.device, repeats: int = 3) -> float:
+    """Seconds per call of fn() on a CUDA device."""
+    fn()  # warm-up: compilation and cuDNN's algorithm search are not what we compare
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def conv_backend(op: str, key: tuple, device: torch.device, run, timer=_time_once) -> str:
+    """The conv backend `auto` uses for this shape: measured once, then remembered.
+
+    `run(name)` runs the op (forward, and backward when the inputs need gradients) on backend
+    `name`. Off CUDA, or while torch.compile traces, nothing is timed: the static order holds.
+    """
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return _MEASURED.get((op, *key), _auto_choice(device.type))
+    full_key = (op, *key)
+    if full_key not in _MEASURED:
+        usable = [name for name in CONV_CANDIDATES if availability(name, device.type)[0]]
+        if len(usable) < 2:
+            _MEASURED[full_key] = usable[0] if usable else "reference"
+        else:
+            _MEASURED[full_key] = min(usable, key=lambda name: timer(lambda: run(name), device))
+    return _MEASURED[full_key]
