@@ -16,6 +16,7 @@ __all__ = ["LNLConfig", "VARIANTS", "BACKENDS"]
 # Table IV: LNLAttenNet, Model-Local, Model-NonLocal, Model-S.
 VARIANTS = ("full", "local", "nonlocal", "simple")
 BACKENDS = ("auto", "reference", "native", "triton")
+INITS = ("xavier", "kaiming")
 # U-Net downsamples four times (2x2 max-pool), so the input must divide by 2**4.
 UNET_DOWNSAMPLING = 16
 
@@ -38,6 +39,7 @@ class LNLConfig:
     dropout: float = 0.5
     local_feature_size: int = 6  # SimpleNet output side; adaptive pooling brings others to it
     share_local_attention: bool = False  # paper: one local attention per patch
+    init: str = "xavier"  # paper: Xavier-uniform; "kaiming" (He-uniform) for the tiny preset
     l2_lambda: float = 1e-4  # eq. 3
     backend: str = "auto"
 
@@ -54,9 +56,16 @@ class LNLConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> "LNLConfig":
-        """Same structure, widths / 8, 64 px input: trains on a 2-core CPU in minutes."""
+        """Same structure, widths / 8, 64 px input: trains on a 2-core CPU in minutes.
+
+        He-uniform init instead of the paper's Xavier: Xavier halves the signal's variance at
+        every ReLU, so through the ~25 conv layers from the input to the head the logits start
+        at ~1e-3 and Adam needed many epochs to get past chance (measured: train accuracy at
+        chance after 120 steps with Xavier at lr 3e-3, 56 % with He at lr 1e-3).
+        """
         base = dict(
             image_size=64,
+            init="kaiming",
             unet_widths=(8, 16, 32, 64, 128),
             simplenet_widths=(8, 16, 32),
             local_attention_widths=(32, 16, 16, 8, 8),
@@ -118,6 +127,8 @@ class LNLConfig:
 
         if self.variant not in VARIANTS:
             raise ValueError(f"LNLConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.init not in INITS:
+            raise ValueError(f"LNLConfig.init must be one of {INITS}, got {self.init!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"LNLConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
         if not 0.0 <= float(self.alpha) <= 1.0:

@@ -248,14 +248,19 @@ class LNLAttenNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform weights (each patch's slice on its own fans), zero biases."""
+        """Xavier-uniform (or He-uniform, `config.init`) weights, each patch's slice on its own
+        fans; zero biases."""
+        if self.config.init == "xavier":
+            init_weight = nn.init.xavier_uniform_
+        else:
+            init_weight = lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu")  # noqa: E731
         for module in self.modules():
             if isinstance(module, (StackedConv, StackedLinear)):
                 for group in module.weight.data:
-                    nn.init.xavier_uniform_(group)
+                    init_weight(group)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-                nn.init.xavier_uniform_(module.weight)
+                init_weight(module.weight)
                 nn.init.zeros_(module.bias)
 
     def set_backend(self, backend: str) -> "LNLAttenNet":

@@ -105,19 +105,27 @@ def test_shared_local_attention_has_one_set_of_weights():
     assert out.local_weights.shape == (2, 16)
 
 
-def test_xavier_init_and_zero_biases():
+@pytest.mark.parametrize("init", ["xavier", "kaiming"])
+def test_init_per_patch_fans_and_zero_biases(init):
     torch.manual_seed(0)
-    model = lf.LNLAttenNet(lf.LNLConfig.tiny())
+    model = lf.LNLAttenNet(lf.LNLConfig.tiny(init=init))
     for name, p in model.named_parameters():
         if name.endswith("bias"):
             assert torch.count_nonzero(p) == 0, name
-    # every patch's slice is initialised on its own fans: bound = sqrt(6 / (fan_in + fan_out))
+    # every patch's slice is initialised on its own fans (fan = 9 * channels)
     conv = model.simplenets.convs[2]
     c_out, c_in = conv.weight.shape[1:3]
-    bound = (6 / (9 * c_in + 9 * c_out)) ** 0.5
+    if init == "xavier":  # U(-a, a), a = sqrt(6 / (fan_in + fan_out))
+        bound = (6 / (9 * c_in + 9 * c_out)) ** 0.5
+    else:  # He-uniform: a = sqrt(6 / fan_in)
+        bound = (6 / (9 * c_in)) ** 0.5
     for group in conv.weight:
         assert group.abs().max() <= bound and group.abs().max() > 0.8 * bound
     assert not torch.equal(conv.weight[0], conv.weight[1])
+
+
+def test_paper_preset_uses_xavier():
+    assert lf.LNLConfig().init == "xavier"
 
 
 def test_loss_is_cross_entropy_plus_l2_of_weights_only():
