@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = p.add_argument_group("optimisation and run")
     run.add_argument("--epochs", type=int, default=d.epochs)
-    run.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    run.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate, x0.95 every epoch")
+    run.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 paper, 32 tiny)")
+    run.add_argument("--lr", type=float, default=None,
+                     help="Adam learning rate, x0.95 every epoch (default: 3e-4 paper, 1e-3 tiny)")
     run.add_argument("--l2-lambda", type=float, default=d.l2_lambda, help="eq. 3's λ")
     run.add_argument("--l2-mode", choices=("decoupled", "loss"), default=d.l2_mode,
                      help="decoupled: W <- W - lr·2λ·W outside Adam (AdamW); loss: λ·Σ‖W‖² in the loss as eq. 3 "
