@@ -19,7 +19,7 @@ __all__ = ["DATASETS", "SYNTHETIC_SIZES", "load_split", "stratified_holdout"]
 
 DATASETS = ("synthetic", "rafdb", "affectnet", "sfew", "ckplus", "fer2013", "ferplus", "folder", "manifest")
 # Default synthetic split sizes, and where the test split's image indices start.
-SYNTHETIC_SIZES = {"train": 2800, "test": 700}
+SYNTHETIC_SIZES = {"train": 2100, "test": 700}
 _SYNTHETIC_TEST_START = 1_000_000
 
 

@@ -52,9 +52,9 @@ each weight tile row is contiguous (one small copy per call).
 
 One fixed launch configuration per kernel (GPU tuning is unmeasured; no multi-config
 autotune): forward 128 pixels (32 pooled) x 64 Cout x 32 K; input gradient 8x16 pixels x 64
-Cin x 32 K; weight gradient 64 Cout x 64 Cin x 64 K; copies 1024 per program; num_warps=4,
-num_stages=2. Block sizes only shrink to the next power of two (>= 16 for dot operands) of
-small channel counts and images.
+Cin x 32 K; weight gradient 64 Cout x 64 Cin x 64 K; copies 1024 per program; num_warps=8
+(see _NUM_WARPS), num_stages=2. Block sizes only shrink to the next power of two (>= 16 for
+dot operands) of small channel counts and images.
 
 Cost at paper shape (B=64, M=16 windows of P=48 on a 144x144 F9, bf16, fp32 accumulation),
 for the SimpleNet ensemble conv64, conv64, pool, conv128, conv128, pool, conv256, conv256, pool.
@@ -130,7 +130,10 @@ POISON_OUTPUTS = False
 _POISON_INT8 = 7
 
 # Fixed launch configuration (no autotune): see the module docstring.
-_NUM_WARPS = 4
+# 8 warps: at 4 the bf16 conv kernels compiled for sm_90a use all 255 registers and spill
+# (up to ~1 KB per thread); at 8 they fit (232-255 registers, no spills). Checked offline with
+# Triton's own ptxas (no GPU here); run times are unmeasured.
+_NUM_WARPS = 8
 _NUM_STAGES = 2
 _COPY_BLOCK = 1024
 # The grad-weight launch splits the batch until it has about this many programs per SM
@@ -170,6 +173,7 @@ def _acc_dtype(dtype: torch.dtype):
 
 
 def _launch_options():
+    """The conv kernels' launch options (the copies use Triton's default of 4 warps)."""
     return {"num_warps": _NUM_WARPS, "num_stages": _NUM_STAGES}
 
 
@@ -373,36 +377,35 @@ def _conv3x3_fwd_kernel(
     w_base = w_ptr + m.to(tl.int64) * sw_m
 
     k_lane = tl.arange(0, BLOCK_K)
-    a_chan = k_lane[None, :] * sx_c  # (1, BLOCK_K)
-    w_tile = k_lane[:, None] * sw_i + co[None, :] * sw_o  # (BLOCK_K, BLOCK_CO)
     acc0 = tl.full((BLOCK_PIX, BLOCK_CO), 0, ACC)
     acc1 = tl.full((BLOCK_PIX, BLOCK_CO), 0, ACC)
     acc2 = tl.full((BLOCK_PIX, BLOCK_CO), 0, ACC)
     acc3 = tl.full((BLOCK_PIX, BLOCK_CO), 0, ACC)
     for t in tl.static_range(9):
-        ky: tl.constexpr = t // 3
-        kx: tl.constexpr = t % 3
-        w_ptrs = w_base + (ky * sw_h + kx * sw_w) + w_tile
+        ky = t // 3  # constexpr: t is a static_range index
+        kx = t % 3
+        w_tap = w_base + (ky * sw_h + kx * sw_w)
+        # Per tap, 1-D only (pixel offsets and patch masks); the 2-D tile offsets are formed
+        # at each load, so no 2-D pointer tensor stays live across the K loop (registers).
         off0, in0 = _window_tap(y0 + (ky - 1), x0 + (kx - 1), p_ok, PH, PW, sx_h, sx_w)
-        a0 = x_base + off0[:, None] + a_chan
         if POOL:  # the other three pre-pool positions share every weight tile
             off1, in1 = _window_tap(y0 + (ky - 1), x0 + kx, p_ok, PH, PW, sx_h, sx_w)
             off2, in2 = _window_tap(y0 + ky, x0 + (kx - 1), p_ok, PH, PW, sx_h, sx_w)
             off3, in3 = _window_tap(y0 + ky, x0 + kx, p_ok, PH, PW, sx_h, sx_w)
-            a1 = x_base + off1[:, None] + a_chan
-            a2 = x_base + off2[:, None] + a_chan
-            a3 = x_base + off3[:, None] + a_chan
         for k0 in range(0, CIN, BLOCK_K):
-            c_ok = k_lane < CIN - k0  # channels beyond Cin read 0
-            wt = tl.load(w_ptrs + k0 * sw_i, mask=c_ok[:, None] & co_ok[None, :], other=0.0)
-            a = tl.load(a0 + k0 * sx_c, mask=in0[:, None] & c_ok[None, :], other=0.0)
+            ci = k0 + k_lane
+            c_ok = ci < CIN  # channels beyond Cin read 0
+            chan = ci[None, :] * sx_c
+            wt = tl.load(w_tap + ci[:, None] * sw_i + co[None, :] * sw_o,
+                         mask=c_ok[:, None] & co_ok[None, :], other=0.0)
+            a = tl.load(x_base + off0[:, None] + chan, mask=in0[:, None] & c_ok[None, :], other=0.0)
             acc0 = tl.dot(a, wt, acc0, input_precision=PRECISION)
             if POOL:
-                a = tl.load(a1 + k0 * sx_c, mask=in1[:, None] & c_ok[None, :], other=0.0)
+                a = tl.load(x_base + off1[:, None] + chan, mask=in1[:, None] & c_ok[None, :], other=0.0)
                 acc1 = tl.dot(a, wt, acc1, input_precision=PRECISION)
-                a = tl.load(a2 + k0 * sx_c, mask=in2[:, None] & c_ok[None, :], other=0.0)
+                a = tl.load(x_base + off2[:, None] + chan, mask=in2[:, None] & c_ok[None, :], other=0.0)
                 acc2 = tl.dot(a, wt, acc2, input_precision=PRECISION)
-                a = tl.load(a3 + k0 * sx_c, mask=in3[:, None] & c_ok[None, :], other=0.0)
+                a = tl.load(x_base + off3[:, None] + chan, mask=in3[:, None] & c_ok[None, :], other=0.0)
                 acc3 = tl.dot(a, wt, acc3, input_precision=PRECISION)
 
     if HAS_BIAS:
@@ -504,8 +507,6 @@ def _conv3x3_bwd_input_kernel(
         gx_hi = 0
 
     k_lane = tl.arange(0, BLOCK_K)
-    g_chan = k_lane[None, :] * (OH * OW)  # (1, BLOCK_K): channel part of a gradient offset
-    w_tile = k_lane[:, None] * sw_o + ci[None, :] * sw_i  # (BLOCK_K, BLOCK_CI)
     acc = tl.full((BLOCK_PIX, BLOCK_CI), 0, ACC)
     for gy in range(gy_lo, gy_hi + 1):
         for gx in range(gx_lo, gx_hi + 1):
@@ -519,12 +520,10 @@ def _conv3x3_bwd_input_kernel(
                 qx = X
             in_win = pix_ok & (qy >= 0) & (qy < PH) & (qx >= 0) & (qx < PW)
             slice_off = (b.to(tl.int64) * M + m) * COUT * (OH * OW)
-            g_base = g_ptr + slice_off
-            aux_base = aux_ptr + slice_off
             w_base = w_ptr + m.to(tl.int64) * sw_m
             for t in tl.static_range(9):
-                ky: tl.constexpr = t // 3
-                kx: tl.constexpr = t % 3
+                ky = t // 3  # constexpr: t is a static_range index
+                kx = t % 3
                 # the output pixel that read this input pixel through tap (ky, kx)
                 py = qy - (ky - 1)
                 px = qx - (kx - 1)
@@ -536,13 +535,15 @@ def _conv3x3_bwd_input_kernel(
                 else:
                     g_pix = py * OW + px
                     parity = g_pix  # unused
-                g_off = g_pix[:, None] + g_chan
-                w_ptrs = w_base + (ky * sw_h + kx * sw_w) + w_tile
-                for k0 in range(0, COUT, BLOCK_K):
-                    c_ok = k_lane < COUT - k0
-                    a = _grad_pre(g_base + k0 * (OH * OW), aux_base + k0 * (OH * OW), g_off,
+                w_tap = w_base + (ky * sw_h + kx * sw_w)
+                for k0 in range(0, COUT, BLOCK_K):  # 2-D offsets formed per load (registers)
+                    co = k0 + k_lane
+                    c_ok = co < COUT
+                    a = _grad_pre(g_ptr + slice_off, aux_ptr + slice_off,
+                                  g_pix[:, None] + co[None, :] * (OH * OW),
                                   ok[:, None] & c_ok[None, :], parity[:, None], RELU, POOL)
-                    wt = tl.load(w_ptrs + k0 * sw_o, mask=c_ok[:, None] & ci_ok[None, :], other=0.0)
+                    wt = tl.load(w_tap + co[:, None] * sw_o + ci[None, :] * sw_i,
+                                 mask=c_ok[:, None] & ci_ok[None, :], other=0.0)
                     acc = tl.dot(a, wt, acc, input_precision=PRECISION)
 
     dx_off = (b.to(tl.int64) * sd_b + m_img.to(tl.int64) * sd_m + ci[None, :] * sd_c
