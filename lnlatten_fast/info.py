@@ -8,7 +8,7 @@ import torch
 
 from . import __version__
 from .ops import native
-from .ops.dispatch import backends
+from .ops.dispatch import backends, measured_choices
 
 
 def report() -> str:
@@ -26,6 +26,11 @@ def report() -> str:
     lines.append("backend   dev  ok   why")
     for statuses in backends().values():
         lines.extend(str(status) for status in statuses.values())
+    choices = measured_choices()
+    if choices:
+        lines.append("")
+        lines.append("auto's measured conv choices (this process):")
+        lines.extend(f"  {key[0]} {key[1:]} -> {name}" for key, name in choices.items())
     return "\n".join(lines)
 
 

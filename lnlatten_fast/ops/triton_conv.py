@@ -81,6 +81,13 @@ pool) adds, at the first layer alone, the 302 MB window tensor written and read 
 extract_patches / overlap_add: pure copies, 0 FLOPs: extract reads F9 (170 MB bf16) and
 writes the windows (302 MB), ~98 us at 4.8 TB/s; overlap-add the reverse, same floor.
 
+Verification (no GPU was available when this was written): tests/test_triton_conv.py runs
+every kernel under the interpreter against `reference` (forward and all gradients), and
+compiles the bf16/fp32 variants to sm_90a cubins with Triton's bundled ptxas (the interpreter
+accepts code the GPU compiler rejects). At num_warps=8 the bf16/fp16 conv kernels compile
+without register spills; the fp32 "ieee" variants (FMA, not tensor cores) spill a little.
+GPU run times are unmeasured: bench/bench_triton_conv.py measures them against cuDNN.
+
 Test hook: set `POISON_OUTPUTS = True` (module attribute) and every wrapper allocates its
 outputs with NaN (int8 outputs with 7, an impossible argmax) instead of torch.empty, so an
 element a kernel forgot to write shows up as NaN in the tests.
