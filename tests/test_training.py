@@ -144,7 +144,7 @@ def test_ddp_two_processes_on_gloo(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "lnlatten_fast.train", "--epochs", "2", "--batch-size", "8", "--image-size", "32",
         "--synthetic-train", "56", "--synthetic-test", "21", "--device", "cpu",
         "--out", str(out), "--cache-dir", str(tmp_path / "cache"),

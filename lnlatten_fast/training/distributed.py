@@ -44,6 +44,12 @@ def setup(device: str) -> Context:
     return Context(rank, world_size, dev)
 
 
+def barrier(ctx: Context) -> None:
+    """Wait for every rank (e.g. rank 0 writing the summary) before anyone leaves the group."""
+    if ctx.distributed and dist.is_initialized():
+        dist.barrier()
+
+
 def teardown(ctx: Context) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -368,6 +368,9 @@ def train(settings: TrainSettings) -> dict:
         if ctx.is_main:
             print(_write_summary(run_dir, summary, settings))
             print(f"run directory: {run_dir}")
+        # A rank that tears its process group down while another still works can abort the
+        # job at exit (seen with gloo): leave together.
+        distributed.barrier(ctx)
         return summary
     finally:
         distributed.teardown(ctx)
