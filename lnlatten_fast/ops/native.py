@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import PatchGeometry
+from ._adjoint import register_patch_adjoints
 from .reference import L1_NORM_EPS
 
 def _installed_extension_path():
@@ -123,26 +124,7 @@ def _overlap_add(patches: torch.Tensor, grid: int, patch: int, stride: int) -> t
     return out.to(patches.dtype)
 
 
-@_overlap_add.register_fake
-def _(patches, grid, patch, stride):
-    size = (grid - 1) * stride + patch
-    return patches.new_empty(patches.shape[0], patches.shape[2], size, size)
-
-
-def _save_geometry(ctx, inputs, output):
-    ctx.geometry = inputs[1:]
-
-
-def _extract_backward(ctx, grad):
-    return _overlap_add(grad, *ctx.geometry), None, None, None
-
-
-def _overlap_add_backward(ctx, grad):
-    return _extract(grad, *ctx.geometry), None, None, None
-
-
-_extract.register_autograd(_extract_backward, setup_context=_save_geometry)
-_overlap_add.register_autograd(_overlap_add_backward, setup_context=_save_geometry)
+register_patch_adjoints(_extract, _overlap_add)
 
 
 def extract_patches(f9: torch.Tensor, geom: PatchGeometry) -> torch.Tensor:

@@ -98,6 +98,7 @@ import os
 import torch
 
 from ..geometry import PatchGeometry
+from ._adjoint import register_patch_adjoints
 
 try:
     import triton
@@ -274,26 +275,7 @@ def _overlap_add(patches: torch.Tensor, grid: int, patch: int, stride: int) -> t
     return out
 
 
-@_overlap_add.register_fake
-def _(patches, grid, patch, stride):
-    size = (grid - 1) * stride + patch
-    return patches.new_empty(patches.shape[0], patches.shape[2], size, size)
-
-
-def _save_geometry(ctx, inputs, output):
-    ctx.geometry = inputs[1:]
-
-
-def _extract_backward(ctx, grad):
-    return _overlap_add(grad, *ctx.geometry), None, None, None
-
-
-def _overlap_add_backward(ctx, grad):
-    return _extract(grad, *ctx.geometry), None, None, None
-
-
-_extract.register_autograd(_extract_backward, setup_context=_save_geometry)
-_overlap_add.register_autograd(_overlap_add_backward, setup_context=_save_geometry)
+register_patch_adjoints(_extract, _overlap_add)
 
 
 def extract_patches(f9: torch.Tensor, geom: PatchGeometry) -> torch.Tensor:
