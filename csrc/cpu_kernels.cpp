@@ -534,43 +534,11 @@ inline bool attention_parallel(int64_t B, int64_t M, int64_t D) {
   return B > 1 && B * M * M * D >= kParallelGrain;
 }
 
-template <typename T>
-void l1_attention_forward_impl(const T* q, const T* k, const T* v, T* s, T* w, int64_t B,
-                               int64_t M, int64_t D, T eps) {
-  const int64_t MD = M * D;
-  const ForwardBatchFn<T> batch_fn = pick_forward_batch<T>();
-  const bool par = attention_parallel(B, M, D);
-  const int nthreads = num_threads();
-  (void)par;
-  (void)nthreads;
-  std::atomic<bool> alloc_failed{false};
-
-#pragma omp parallel if (par) num_threads(nthreads)
-  {
-    std::vector<T> R;
-    bool ok = true;
-    try {
-      R.resize(static_cast<size_t>(M * M));
-    } catch (...) {
-      ok = false;
-      alloc_failed.store(true);
-    }
-
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-      if (!ok) continue;
-      batch_fn(q + b * MD, k + b * MD, v + b * MD, s + b * MD, w + b * M, M, D, eps, R.data());
-    }
-  }
-  if (alloc_failed.load()) throw std::bad_alloc();
-}
-
-template <typename T>
-void l1_attention_backward_impl(const T* q, const T* k, const T* v, const T* grad_s,
-                                const T* grad_w, T* grad_q, T* grad_k, T* grad_v, int64_t B,
-                                int64_t M, int64_t D, T eps) {
-  const int64_t MD = M * D;
-  const BackwardBatchFn<T> batch_fn = pick_backward_batch<T>();
+// Runs fn(b, scratch) for every batch element, in parallel over the batch, each thread with
+// `scratch_elems` elements of scratch allocated once. An allocation failure in any thread is
+// rethrown as std::bad_alloc after the parallel region (exceptions must not leave it).
+template <typename T, typename Fn>
+void for_each_batch_with_scratch(int64_t B, int64_t M, int64_t D, size_t scratch_elems, Fn&& fn) {
   const bool par = attention_parallel(B, M, D);
   const int nthreads = num_threads();
   (void)par;
@@ -582,7 +550,7 @@ void l1_attention_backward_impl(const T* q, const T* k, const T* v, const T* gra
     std::vector<T> scratch;
     bool ok = true;
     try {
-      scratch.resize(static_cast<size_t>(2 * M * M));
+      scratch.resize(scratch_elems);
     } catch (...) {
       ok = false;
       alloc_failed.store(true);
@@ -591,12 +559,33 @@ void l1_attention_backward_impl(const T* q, const T* k, const T* v, const T* gra
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
       if (!ok) continue;
-      batch_fn(q + b * MD, k + b * MD, v + b * MD, grad_s ? grad_s + b * MD : nullptr,
-               grad_w ? grad_w + b * M : nullptr, grad_q + b * MD, grad_k + b * MD,
-               grad_v + b * MD, M, D, eps, scratch.data(), scratch.data() + M * M);
+      fn(b, scratch.data());
     }
   }
   if (alloc_failed.load()) throw std::bad_alloc();
+}
+
+template <typename T>
+void l1_attention_forward_impl(const T* q, const T* k, const T* v, T* s, T* w, int64_t B,
+                               int64_t M, int64_t D, T eps) {
+  const int64_t MD = M * D;
+  const ForwardBatchFn<T> batch_fn = pick_forward_batch<T>();
+  for_each_batch_with_scratch<T>(B, M, D, static_cast<size_t>(M * M), [&](int64_t b, T* R) {
+    batch_fn(q + b * MD, k + b * MD, v + b * MD, s + b * MD, w + b * M, M, D, eps, R);
+  });
+}
+
+template <typename T>
+void l1_attention_backward_impl(const T* q, const T* k, const T* v, const T* grad_s,
+                                const T* grad_w, T* grad_q, T* grad_k, T* grad_v, int64_t B,
+                                int64_t M, int64_t D, T eps) {
+  const int64_t MD = M * D;
+  const BackwardBatchFn<T> batch_fn = pick_backward_batch<T>();
+  for_each_batch_with_scratch<T>(B, M, D, static_cast<size_t>(2 * M * M), [&](int64_t b, T* scratch) {
+    batch_fn(q + b * MD, k + b * MD, v + b * MD, grad_s ? grad_s + b * MD : nullptr,
+             grad_w ? grad_w + b * M : nullptr, grad_q + b * MD, grad_k + b * MD,
+             grad_v + b * MD, M, D, eps, scratch, scratch + M * M);
+  });
 }
 
 }  // namespace
