@@ -12,7 +12,7 @@ import sys
 from .data.sources import DATASETS
 from .training import distributed
 from .training.inference import load_model, pick_device
-from .training.trainer import TrainSettings, evaluate, load_data
+from .training.trainer import PRECISIONS, TrainSettings, evaluate, load_data
 
 
 def main(argv=None) -> int:
@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None, help="default: the run's --data-root")
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default=None, help="default: the run's backend")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the run's precision")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
@@ -34,7 +35,8 @@ def main(argv=None) -> int:
         splits = load_data(settings, model.config.image_size)
         fold = payload.get("fold")
         _, test_set = splits[fold if fold is not None else 0]
-        result = evaluate(model, test_set, args.batch_size, distributed.Context(device=device))
+        precision = args.precision or settings.precision
+        result = evaluate(model, test_set, args.batch_size, distributed.Context(device=device), precision)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ import sys
 
 from .config import BACKENDS, VARIANTS
 from .data.sources import DATASETS, SYNTHETIC_SIZES
-from .training.trainer import TrainSettings, train
+from .training.trainer import PRECISIONS, TrainSettings, train
 
 
 def optional_int(text: str) -> int | None:
@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=d.seed)
     run.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<preset>-<time>)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                     help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: autocast on any device "
+                          "(CPU autocast runs the GPU's precision path); master weights stay fp32")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile(fullgraph=True) the training step (on CUDA, auto's conv "
+                          "choices are measured eagerly first)")
     return p
 
 

@@ -44,3 +44,15 @@ def geometries(draw, max_patch: int = 16, grids=(1, 2, 3, 4)):
     patch = draw(st.integers(3, max_patch))
     stride = draw(st.integers(1, patch)) if grid > 1 else patch
     return lf.PatchGeometry((grid - 1) * stride + patch, grid, patch, stride)
+
+
+def micro_config(backend: str, **changes) -> lf.LNLConfig:
+    """The paper's structure at a size the Triton interpreter runs in seconds: 32 px input,
+    4x4 windows of 11 px, every width a handful of channels."""
+    base = dict(
+        image_size=32, unet_widths=(4, 4, 8, 8, 16), simplenet_widths=(4, 8, 8),
+        local_attention_widths=(8, 4, 4, 4, 4), attention_dim=16, global_width=16,
+        head_widths=(16, 16), dropout=0.0, backend=backend,
+    )
+    base.update(changes)
+    return lf.LNLConfig.tiny(**base)

@@ -111,13 +111,45 @@ def test_predict_prints_top3_and_draws_the_heatmap(finished_run, tmp_path, capsy
     assert heatmap.stat().st_size > 1000
 
 
+def test_bf16_precision_trains_on_cpu_and_evaluates(tmp_path, capsys):
+    """--precision bf16 on CPU runs the GPU's path (bf16 autocast) end to end; evaluate reuses
+    the run's precision and reproduces the recorded accuracy."""
+    out = tmp_path / "bf16"
+    code = train_cli.main([
+        "--device", "cpu", "--precision", "bf16", "--epochs", "1", "--image-size", "32",
+        "--synthetic-train", "64", "--synthetic-test", "32", "--batch-size", "16",
+        "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+    ])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["precision"] == "bf16"
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("train_loss", "test_accuracy", "test_mean_class_accuracy"):
+        assert record[key] == record[key] and abs(record[key]) != float("inf"), key  # finite
+    assert 0 <= record["test_accuracy"] <= 1 and record["train_loss"] > 0
+    capsys.readouterr()
+    assert evaluate_cli.main(["--checkpoint", str(out / "last.pt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == pytest.approx(result["recorded_test_accuracy"], abs=1e-9)
+
+
+def test_precision_resolves_per_device():
+    from lnlatten_fast.training.trainer import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", torch.device("cpu"))
+
+
 def test_cli_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
         train_cli.main(["--help"])
     text = capsys.readouterr().out
     for flag in ("--dataset", "--data-root", "--preset", "--epochs", "--batch-size", "--lr", "--variant",
                  "--alpha", "--num-patches", "--overlap", "--backend", "--device", "--seed", "--out",
-                 "--resume", "--workers", "--compile", "--folds"):
+                 "--resume", "--workers", "--compile", "--folds", "--precision"):
         assert flag in text
 
 
@@ -128,6 +160,9 @@ def test_cli_bad_flags_are_named(tmp_path, capsys):
     assert "--data-root is required" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_cli.main(["--resume"])
+    with pytest.raises(SystemExit):
+        train_cli.main(["--precision", "fp8"])
+    assert "--precision" in capsys.readouterr().err
 
 
 def test_metrics_on_a_known_confusion():

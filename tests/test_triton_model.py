@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lnlatten_fast as lf
-from helpers import relative_error
+from helpers import micro_config, relative_error
 
 pytestmark = pytest.mark.skipif(
     not lf.backends()["triton"]["cpu"].usable and not torch.cuda.is_available(),
@@ -12,15 +12,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def micro_config(backend):
-    # Same structure as the paper, small enough for the interpreter: 32 px, 4x4 windows of 11 px.
-    return lf.LNLConfig.tiny(
-        image_size=32, unet_widths=(4, 4, 8, 8, 16), simplenet_widths=(4, 8, 8),
-        local_attention_widths=(8, 4, 4, 4, 4), attention_dim=16, global_width=16,
-        head_widths=(16, 16), dropout=0.0, backend=backend,
-    )
 
 
 def test_triton_model_matches_reference_forward_and_gradients():

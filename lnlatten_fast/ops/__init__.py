@@ -24,10 +24,32 @@ __all__ = [
 ]
 
 
-def _conv_key(*tensors, **flags) -> tuple:
-    shapes = tuple(None if t is None else tuple(t.shape) for t in tensors)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    return (shapes, str(tensors[0].dtype), grad, tuple(sorted(flags.items())))
+# Autocast casts these (the dtypes it lowers); float64 passes through untouched, as in torch.
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _follow_autocast(device: torch.device, *tensors):
+    """Under autocast, the fused ops do what autocast does for the torch ops they replace
+    (F.conv2d, matmul): floating inputs, weights and biases alike run in the autocast dtype.
+    The casts are differentiable, so fp32 master weights still get fp32 gradients."""
+    if device.type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device.type)
+    return tuple(
+        t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCAST_ELIGIBLE else t
+        for t in tensors
+    )
+
+
+def _conv_key(x: torch.Tensor, weight: torch.Tensor, bias, *flags) -> tuple:
+    """What `auto`'s measured conv choice depends on: the per-image input shape (the batch is
+    left out, so a last partial batch or a dynamic batch dimension reuses the choice), the
+    weight shape, bias or not, dtype, whether a backward follows, and the op's flags.
+    Only ints, bools and a dtype, so torch.compile(fullgraph=True) traces the lookup."""
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    return (tuple(x.shape[1:]), tuple(weight.shape), bias is not None, x.dtype, grad, *flags)
 
 
 def _run_for_timing(fn, inputs):
@@ -65,13 +87,14 @@ def patch_conv3x3(
     """First SimpleNet layer on every window of f9: weight (M, Cout, C, 3, 3), bias (M, Cout).
 
     Each window is zero-padded at its own border (not with its neighbours' pixels).
-    Returns (B, M, Cout, P, P).
+    Returns (B, M, Cout, P, P). Under autocast it runs in the autocast dtype, as F.conv2d does.
     """
     _checks.check_feature_map(f9, geom)
+    f9, weight, bias = _follow_autocast(f9.device, f9, weight, bias)
     _checks.check_conv_params(f9, "f9", weight, bias, geom.num_patches, f9.shape[1])
     if backend == "auto":
         inputs = (f9, weight, bias)
-        key = _conv_key(*inputs, geom=geom, relu=relu)
+        key = _conv_key(*inputs, geom.grid, geom.patch, geom.stride, relu)
         backend = conv_backend("patch_conv3x3", key, f9.device, lambda name: _run_for_timing(
             lambda x, w, b: resolve(name, f9.device).patch_conv3x3(x, w, b, geom, relu=relu), inputs))
     return resolve(backend, f9.device).patch_conv3x3(f9, weight, bias, geom, relu=relu)
@@ -91,12 +114,13 @@ def grouped_conv3x3(
     Returns (B, M, Cout, H, W), or (B, M, Cout, H//2, W//2) with `pool`.
     """
     _checks.check_tensor(h, "h", 5, "(B, M, C_in, H, W)")
+    h, weight, bias = _follow_autocast(h.device, h, weight, bias)
     _checks.check_conv_params(h, "h", weight, bias, h.shape[1], h.shape[2])
     if pool and min(h.shape[-2:]) < 2:
         raise ValueError(f"pool=True needs H, W >= 2, got h of shape {tuple(h.shape)}")
     if backend == "auto":
         inputs = (h, weight, bias)
-        key = _conv_key(*inputs, relu=relu, pool=pool)
+        key = _conv_key(*inputs, relu, pool)
         backend = conv_backend("grouped_conv3x3", key, h.device, lambda name: _run_for_timing(
             lambda x, w, b: resolve(name, h.device).grouped_conv3x3(x, w, b, relu=relu, pool=pool), inputs))
     return resolve(backend, h.device).grouped_conv3x3(h, weight, bias, relu=relu, pool=pool)
@@ -108,7 +132,9 @@ def l1_nonlocal_attention(
     """Non-local attention of SPEC §1 on (B, M, D) inputs.
 
     R~ = Q Kᵀ, R = R~ / max(Σ_j |R~_ij|, 1e-12), w_g = column mean of R (B, M),
-    s = R V (B, M, D). Returns (s, w_g).
+    s = R V (B, M, D). Returns (s, w_g). Under autocast it runs in the autocast dtype, as a
+    matmul would; the row normalisation is computed in fp32 for half-precision inputs.
     """
     _checks.check_attention_inputs(q, k, v)
+    q, k, v = _follow_autocast(q.device, q, k, v)
     return resolve(backend, q.device).l1_nonlocal_attention(q, k, v)

@@ -7,6 +7,8 @@ public functions in `lnlatten_fast.ops` do that).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -73,6 +75,13 @@ def l1_nonlocal_attention(
     dtype = q.dtype
     if dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
-    relation = q @ k.transpose(-1, -2)
-    relation = F.normalize(relation, p=1, dim=-1, eps=L1_NORM_EPS)
-    return (relation @ v).to(dtype), relation.mean(dim=1).to(dtype)
+    with _autocast_off(q.device):  # else autocast would run the fp32 matmuls in half again
+        relation = q @ k.transpose(-1, -2)
+        relation = F.normalize(relation, p=1, dim=-1, eps=L1_NORM_EPS)
+        return (relation @ v).to(dtype), relation.mean(dim=1).to(dtype)
+
+
+def _autocast_off(device: torch.device):
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
