@@ -151,9 +151,11 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch
     return s.to(out_dtype), w.to(out_dtype)
 
 
+# Fakes allocate like the real ops: contiguous whatever the inputs' strides (empty_like would
+# copy a transposed q's strides, and inductor then mis-plans the real op's output).
 @_attention.register_fake
 def _(q, k, v):
-    return torch.empty_like(q), q.new_empty(q.shape[0], q.shape[1])
+    return q.new_empty(q.shape), q.new_empty(q.shape[0], q.shape[1])
 
 
 @torch.library.custom_op("lnlatten_fast::native_l1_attention_backward", mutates_args=())
@@ -174,7 +176,7 @@ def _attention_backward(
 
 @_attention_backward.register_fake
 def _(q, k, v, grad_s, grad_w):
-    return torch.empty_like(q), torch.empty_like(q), torch.empty_like(q)
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
 
 def _attention_setup(ctx, inputs, output):
