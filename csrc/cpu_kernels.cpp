@@ -446,7 +446,8 @@ void backward_batch(const T* Q, const T* K, const T* Vm, const T* GS, const T* G
     const T d = clamp_eps(L, eps);
     T c = T(0);
     for (int64_t j = 0; j < M; ++j) c += g[j] * rt[j];
-    const T coef = (L >= eps) ? c / (d * d) : T(0);
+    // (c / d) / d, not c / (d * d): d * d overflows once d passes ~1.8e19 in float32.
+    const T coef = (L >= eps) ? (c / d) / d : T(0);
     for (int64_t j = 0; j < M; ++j) {
       const T x = rt[j];
       g[j] = g[j] / d - sgn(x) * coef;

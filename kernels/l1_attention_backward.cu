@@ -113,7 +113,8 @@ __global__ void __launch_bounds__(kAttnThreads)
     }
     const A d = detail::clamp_eps(L, eps);
     dv[i] = d;
-    coef[i] = (L >= eps) ? c / (d * d) : A(0);
+    // (c / d) / d, not c / (d * d): d * d overflows once d passes ~1.8e19 in float32.
+    coef[i] = (L >= eps) ? (c / d) / d : A(0);
   }
   __syncthreads();
 

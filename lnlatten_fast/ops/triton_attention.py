@@ -218,7 +218,8 @@ if triton is not None:
         c = tl.sum(g_r * rel, axis=1)
         sign = tl.where(rel > 0, 1.0, tl.where(rel < 0, -1.0, 0.0)).to(ACC_DTYPE)
         # d(max(L, eps))/dL = [L >= eps], as clamp_min's backward in torch.
-        through_norm = tl.where(l1 >= eps, c / (denom * denom), 0.0)
+        # (c / d) / d, not c / (d * d): d * d overflows once d passes ~1.8e19 in float32.
+        through_norm = tl.where(l1 >= eps, (c / denom) / denom, 0.0)
         g_rel = g_r / denom[:, None] - sign * through_norm[:, None]  # gR~
 
         # Pass 2: grad_q = gR~ K, grad_k = gR~ᵀ Q, grad_v = Rᵀ grad_s, chunk by chunk.
