@@ -1,10 +1,14 @@
 import os
 
-# Triton reads this when kernels are decorated, so it must be set before anything imports them.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+from hypothesis import HealthCheck, settings
 
-import torch  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+# Triton's interpreter stands in for a GPU only where there is none: with a CUDA device the
+# tests run the compiled kernels (the interpreter would copy CUDA tensors to the host, and its
+# bf16 tl.dot is wrong). Triton reads the variable when kernels are decorated, so it is set
+# before anything imports lnlatten_fast.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # CI draws the same examples every run (a red build is reproducible); "thorough" explores.
 settings.register_profile(

@@ -67,3 +67,200 @@ def test_native_fakes_match_real_strides_for_transposed_inputs():
     torch.library.opcheck(native._attention, (q, k, v), test_utils=utils)
     grads = (torch.rand(2, 4, 8), torch.rand(2, 4))
     torch.library.opcheck(native._attention_backward, (q, k, v, *grads), test_utils=utils)
+
+
+# ---- auto's measured conv choice ---------------------------------------------------------
+def test_auto_drops_a_candidate_that_raises_with_a_warning(monkeypatch):
+    """A backend whose launch fails while `auto` times it (e.g. the extension's CUDA runtime
+    on an old driver) is dropped for that shape instead of failing the whole model."""
+    monkeypatch.setattr(dispatch, "_MEASURED", {})
+    monkeypatch.setattr(dispatch, "availability", lambda name, dev: (True, "test"))
+
+    def timer(fn, device):
+        name = fn()
+        if name == "native":
+            raise RuntimeError("extract_patches_cuda: CUDA error: no kernel image is available")
+        return 1.0
+
+    cuda = torch.device("cuda")
+    key = ((16, 8, 10, 10), (16, 8, 8, 3, 3), True, torch.float32, True, True, False)
+    with pytest.warns(RuntimeWarning, match="dropped 'native'.*no kernel image"):
+        assert dispatch.conv_backend("grouped_conv3x3", key, cuda, lambda name: name, timer) == "triton"
+
+    def broken(fn, device):
+        raise RuntimeError(f"{fn()} is broken")
+
+    other = ((16, 8, 12, 12), *key[1:])
+    with pytest.warns(RuntimeWarning) as caught:
+        assert dispatch.conv_backend("grouped_conv3x3", other, cuda, lambda name: name, broken) == "reference"
+    assert len(caught) == 2  # one warning per dropped candidate
+
+
+def test_compiled_graph_uses_the_choice_measured_eagerly(monkeypatch):
+    """While torch.compile traces, nothing is timed: a shape measured by an eager call keeps its
+    winner; an unmeasured one falls back to the static order."""
+    monkeypatch.setattr(dispatch, "_MEASURED", {("grouped_conv3x3", "k"): "native"})
+    monkeypatch.setattr(dispatch, "_auto_choice", lambda device_type: "triton")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+
+    def timer(fn, device):
+        raise AssertionError("nothing may be timed while tracing")
+
+    cuda = torch.device("cuda")
+    assert dispatch.conv_backend("grouped_conv3x3", ("k",), cuda, lambda name: name, timer) == "native"
+    assert dispatch.conv_backend("grouped_conv3x3", ("other",), cuda, lambda name: name, timer) == "triton"
+
+
+# ---- native on CUDA ----------------------------------------------------------------------
+class _ExtensionOnAnOldDriver:
+    """Stands in for a _C built with CUDA whose own runtime cannot initialise."""
+
+    @staticmethod
+    def has_cuda():
+        return True
+
+    @staticmethod
+    def cuda_device_count():
+        return -35  # cudaErrorInsufficientDriver
+
+    @staticmethod
+    def cuda_runtime_version():
+        return 13000
+
+    @staticmethod
+    def cuda_driver_version():
+        return 12020
+
+    @staticmethod
+    def build_info():
+        return {"cuda": True, "openmp": True, "compiler": "test", "cuda_arch": "90"}
+
+
+def test_native_is_not_usable_on_cuda_when_its_runtime_sees_no_device(monkeypatch):
+    from lnlatten_fast.ops import native
+
+    monkeypatch.setattr(native, "_C", _ExtensionOnAnOldDriver())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # torch's own runtime works
+    usable, reason = native.availability("cuda")
+    assert not usable
+    assert "sees no device" in reason and "cudaError 35" in reason and "driver" in reason
+
+
+# ---- device guards -----------------------------------------------------------------------
+class _GuardRecorder:
+    """Replaces `_device.launch_guard`: records each guard's device and whether a launch
+    happens inside one."""
+
+    def __init__(self):
+        self.devices = []
+        self.depth = 0
+        self.unguarded_launches = []
+        self.launches = 0
+
+    def guard(self, tensor):
+        recorder = self
+
+        class _Guard:
+            def __enter__(self):
+                recorder.devices.append(tensor.device)
+                recorder.depth += 1
+
+            def __exit__(self, *exc):
+                recorder.depth -= 1
+
+        return _Guard()
+
+    def launched(self, name):
+        self.launches += 1
+        if self.depth == 0:
+            self.unguarded_launches.append(name)
+
+
+def _watch_triton_launches(module, recorder, monkeypatch):
+    for name in dir(module):
+        kernel = getattr(module, name)
+        if name.endswith("_kernel") and hasattr(kernel, "__getitem__"):
+
+            class _Watched:
+                def __init__(self, kernel, name):
+                    self.kernel, self.name = kernel, name
+
+                def __getitem__(self, grid):
+                    launch = self.kernel[grid]
+
+                    def run(*args, **kwargs):
+                        recorder.launched(self.name)
+                        return launch(*args, **kwargs)
+
+                    return run
+
+            monkeypatch.setattr(module, name, _Watched(kernel, name))
+
+
+class _WatchedExtension:
+    def __init__(self, extension, recorder):
+        self._extension, self._recorder = extension, recorder
+
+    def __getattr__(self, name):
+        fn = getattr(self._extension, name)
+        if not name.endswith(("_cpu", "_cuda")):
+            return fn
+
+        def run(*args):
+            self._recorder.launched(name)
+            return fn(*args)
+
+        return run
+
+
+def _every_op_forward_and_backward(backend, device):
+    torch.manual_seed(3)
+    geom = lf.PatchGeometry(7, 2, 4, 3)
+    leaf = lambda *shape: torch.randn(*shape, device=device, requires_grad=True)  # noqa: E731
+    f9, w1, b1, w2, q = leaf(1, 2, 7, 7), leaf(4, 3, 2, 3, 3), leaf(4, 3), leaf(4, 2, 3, 3, 3), leaf(1, 4, 16)
+    ops = lf.ops
+    total = ops.overlap_add(ops.extract_patches(f9, geom, backend=backend), geom, backend=backend).sum()
+    h = ops.patch_conv3x3(f9, w1, b1, geom, backend=backend)
+    total = total + ops.grouped_conv3x3(h, w2, None, pool=True, backend=backend).sum()
+    s, w = ops.l1_nonlocal_attention(q, q.flip(1), q.flip(2), backend=backend)
+    (total + s.sum() + w.sum()).backward()
+
+
+@pytest.mark.parametrize("backend", [b for b in ("native", "triton") if lf.backends()[b][DEVICE].usable])
+def test_every_kernel_launch_runs_under_its_tensors_device_guard(backend, monkeypatch):
+    """CUDA launches go to the current device; each must run inside the guard of the device
+    its tensors are on (else `--device cuda:1` launches on GPU 0)."""
+    from lnlatten_fast.ops import _device, native, triton_attention, triton_conv
+
+    recorder = _GuardRecorder()
+    monkeypatch.setattr(_device, "launch_guard", recorder.guard)
+    if backend == "native":
+        monkeypatch.setattr(native, "_C", _WatchedExtension(native._C, recorder))
+    else:
+        _watch_triton_launches(triton_conv, recorder, monkeypatch)
+        _watch_triton_launches(triton_attention, recorder, monkeypatch)
+    _every_op_forward_and_backward(backend, DEVICE)
+    assert recorder.launches >= 6  # the ops above really launched kernels of this backend
+    assert recorder.unguarded_launches == []
+    assert set(recorder.devices) == {torch.device(DEVICE)}
+
+
+def test_test_session_interprets_triton_only_without_a_gpu(tmp_path):
+    """tests/conftest.py turns TRITON_INTERPRET on only when torch sees no CUDA device."""
+    import os
+    import subprocess
+    import sys
+
+    conftest = os.path.join(os.path.dirname(__file__), "conftest.py")
+    probe = (
+        "import runpy, sys, torch\n"
+        f"torch.cuda.is_available = lambda: {{}}\n"
+        f"runpy.run_path({conftest!r})\n"
+        "import os; print(os.environ.get('TRITON_INTERPRET'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    for cuda_visible, expected in ((True, "None"), (False, "1")):
+        result = subprocess.run([sys.executable, "-c", probe.format(cuda_visible)], env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == expected, (cuda_visible, result.stdout)

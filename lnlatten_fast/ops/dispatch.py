@@ -11,6 +11,7 @@ beats cuDNN: the first call of each shape times both and remembers the winner
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -143,15 +144,28 @@ def conv_backend(op: str, key: tuple, device: torch.device, run, timer=_time_onc
     """The conv backend `auto` uses for this shape: measured once, then remembered.
 
     `run(name)` runs the op (forward, and backward when the inputs need gradients) on backend
-    `name`. Off CUDA, or while torch.compile traces, nothing is timed: the static order holds.
+    `name`. Off CUDA, or while torch.compile traces, nothing is timed: what eager calls measured
+    before holds, else the static order. A candidate that raises while being timed is dropped
+    with a warning (one broken backend must not take the model down); if all do, `reference`.
     """
-    if device.type != "cuda" or torch.compiler.is_compiling():
-        return _MEASURED.get((op, *key), _auto_choice(device.type))
     full_key = (op, *key)
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return _MEASURED.get(full_key, _auto_choice(device.type))
     if full_key not in _MEASURED:
         usable = [name for name in CONV_CANDIDATES if availability(name, device.type)[0]]
-        if len(usable) < 2:
-            _MEASURED[full_key] = usable[0] if usable else "reference"
+        if len(usable) == 1:
+            _MEASURED[full_key] = usable[0]
         else:
-            _MEASURED[full_key] = min(usable, key=lambda name: timer(lambda: run(name), device))
+            seconds = {}
+            for name in usable:
+                try:
+                    seconds[name] = timer(lambda: run(name), device)
+                except Exception as error:  # noqa: BLE001 - any failure disqualifies it alike
+                    warnings.warn(
+                        f"backend 'auto' dropped {name!r} for {op} {key}: it raised "
+                        f"{type(error).__name__}: {error}",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+            _MEASURED[full_key] = min(seconds, key=seconds.get) if seconds else "reference"
     return _MEASURED[full_key]

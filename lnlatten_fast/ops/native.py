@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import PatchGeometry
+from . import _device
 from ._adjoint import register_patch_adjoints
 from .reference import L1_NORM_EPS
 
@@ -75,15 +76,28 @@ def availability(device_type: str) -> tuple[bool, str]:
             return False, "lnlatten_fast._C was built without CUDA (no CUDA compiler at build time, or LNLATTEN_CUDA=0)"
         if not torch.cuda.is_available():
             return False, "no CUDA device visible to torch"
+        # _C links its own (static) CUDA runtime: torch's can work where it cannot, e.g. on a
+        # driver older than the CUDA that _C was built with.
+        devices = _C.cuda_device_count()
+        if devices < 1:
+            cause = f"cudaError {-devices}" if devices < 0 else "0 devices"
+            return False, (
+                f"lnlatten_fast._C's CUDA runtime sees no device ({cause}; built for CUDA "
+                f"{_C.cuda_runtime_version()}, driver {_C.cuda_driver_version()}): is the driver "
+                "older than that CUDA?"
+            )
         return True, f"CUDA kernels (arch {_C.build_info()['cuda_arch']})"
     return False, f"no native kernels for device type {device_type!r}"
 
 
-def _kernel(name: str, device: torch.device):
-    """The `_C` entry point for `device`, plus the trailing stream argument it wants."""
-    if device.type == "cuda":
-        return getattr(_C, f"{name}_cuda"), (torch.cuda.current_stream(device).cuda_stream,)
-    return getattr(_C, f"{name}_cpu"), ()
+def _launch(name: str, like: torch.Tensor, *args) -> None:
+    """Run `_C`'s kernel `name` for `like`'s device, under that device's guard (the CUDA
+    kernels take that device's current stream as their last argument)."""
+    with _device.launch_guard(like):
+        if like.device.type == "cuda":
+            getattr(_C, f"{name}_cuda")(*args, torch.cuda.current_stream(like.device).cuda_stream)
+        else:
+            getattr(_C, f"{name}_cpu")(*args)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -100,9 +114,8 @@ def _extract(f9: torch.Tensor, grid: int, patch: int, stride: int) -> torch.Tens
     work = f9.to(_compute_dtype(f9))
     out = torch.empty(batch, grid * grid, channels, patch, patch, dtype=work.dtype, device=f9.device)
     if out.numel():
-        kernel, stream = _kernel("extract_patches", f9.device)
-        kernel(_DTYPE_CODE[work.dtype], work.data_ptr(), out.data_ptr(), batch, channels, height,
-               width, *work.stride(), grid, patch, stride, *stream)
+        _launch("extract_patches", work, _DTYPE_CODE[work.dtype], work.data_ptr(), out.data_ptr(),
+                batch, channels, height, width, *work.stride(), grid, patch, stride)
     return out.to(f9.dtype)
 
 
@@ -118,9 +131,8 @@ def _overlap_add(patches: torch.Tensor, grid: int, patch: int, stride: int) -> t
     work = patches.to(_compute_dtype(patches)).contiguous()
     out = torch.empty(batch, channels, size, size, dtype=work.dtype, device=patches.device)
     if out.numel():
-        kernel, stream = _kernel("overlap_add", patches.device)
-        kernel(_DTYPE_CODE[work.dtype], work.data_ptr(), out.data_ptr(), batch, channels, size,
-               size, grid, patch, stride, *stream)
+        _launch("overlap_add", work, _DTYPE_CODE[work.dtype], work.data_ptr(), out.data_ptr(),
+                batch, channels, size, size, grid, patch, stride)
     return out.to(patches.dtype)
 
 
@@ -145,9 +157,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch
     s = torch.empty_like(q)
     w = q.new_empty(batch, regions)
     if batch:
-        kernel, stream = _kernel("l1_attention_forward", q.device)
-        kernel(_DTYPE_CODE[dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), s.data_ptr(),
-               w.data_ptr(), batch, regions, dim, L1_NORM_EPS, *stream)
+        _launch("l1_attention_forward", q, _DTYPE_CODE[dtype], q.data_ptr(), k.data_ptr(),
+                v.data_ptr(), s.data_ptr(), w.data_ptr(), batch, regions, dim, L1_NORM_EPS)
     return s.to(out_dtype), w.to(out_dtype)
 
 
@@ -167,10 +178,9 @@ def _attention_backward(
     q, k, v, grad_s, grad_w = (t.to(dtype).contiguous() for t in (q, k, v, grad_s, grad_w))
     grads = [torch.empty_like(q) for _ in range(3)]
     if batch:
-        kernel, stream = _kernel("l1_attention_backward", q.device)
-        kernel(_DTYPE_CODE[dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), grad_s.data_ptr(),
-               grad_w.data_ptr(), *(g.data_ptr() for g in grads), batch, regions, dim,
-               L1_NORM_EPS, *stream)
+        _launch("l1_attention_backward", q, _DTYPE_CODE[dtype], q.data_ptr(), k.data_ptr(),
+                v.data_ptr(), grad_s.data_ptr(), grad_w.data_ptr(), *(g.data_ptr() for g in grads),
+                batch, regions, dim, L1_NORM_EPS)
     return tuple(g.to(out_dtype) for g in grads)
 
 

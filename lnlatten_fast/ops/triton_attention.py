@@ -71,11 +71,11 @@ a GPU too, but that is unmeasured.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 
+from . import _device
 from .reference import L1_NORM_EPS
 
 try:
@@ -255,11 +255,6 @@ def _upcast_operands(dtype: torch.dtype) -> bool:
     return _INTERPRETED and dtype == torch.bfloat16
 
 
-def _on_device(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it the tensors' one."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _new_output(shape, like: torch.Tensor) -> torch.Tensor:
     if _POISON_OUTPUTS:
         return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
@@ -274,7 +269,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch
     if batch == 0:
         return s, w
     block_m, block_d = _block_sizes(regions, dim)
-    with _on_device(q):
+    with _device.launch_guard(q):
         _l1_attention_forward_kernel[(batch,)](
             q, k, v, s, w,
             regions, dim,
@@ -301,7 +296,7 @@ def _attention_backward(
     if batch == 0:
         return tuple(grads)
     block_m, block_d = _block_sizes(regions, dim)
-    with _on_device(q):
+    with _device.launch_guard(q):
         _l1_attention_backward_kernel[(batch,)](
             q, k, v, grad_s, grad_w, *grads,
             regions, dim,

@@ -98,6 +98,7 @@ import os
 import torch
 
 from ..geometry import PatchGeometry
+from . import _device
 from ._adjoint import register_patch_adjoints
 
 try:
@@ -250,9 +251,10 @@ def _extract(f9: torch.Tensor, grid: int, patch: int, stride: int) -> torch.Tens
     m = grid * grid
     out = _new((batch, m, channels, patch, patch), f9.dtype, f9.device)
     if out.numel():
-        _extract_kernel[_copy_grid(out.numel())](
-            f9, out, out.numel(), m, channels, patch, grid, stride, *f9.stride(), BLOCK=_COPY_BLOCK
-        )
+        with _device.launch_guard(f9):
+            _extract_kernel[_copy_grid(out.numel())](
+                f9, out, out.numel(), m, channels, patch, grid, stride, *f9.stride(), BLOCK=_COPY_BLOCK
+            )
     return out
 
 
@@ -268,10 +270,11 @@ def _overlap_add(patches: torch.Tensor, grid: int, patch: int, stride: int) -> t
     out = _new((batch, channels, size, size), patches.dtype, patches.device)
     if out.numel():
         ncov = min(grid, -(-patch // stride))  # most windows covering one coordinate
-        _overlap_add_kernel[_copy_grid(out.numel())](
-            patches, out, out.numel(), m, channels, size, size, patch, grid, stride, ncov,
-            *patches.stride(), ACC=_acc_dtype(patches.dtype), BLOCK=_COPY_BLOCK,
-        )
+        with _device.launch_guard(patches):
+            _overlap_add_kernel[_copy_grid(out.numel())](
+                patches, out, out.numel(), m, channels, size, size, patch, grid, stride, ncov,
+                *patches.stride(), ACC=_acc_dtype(patches.dtype), BLOCK=_COPY_BLOCK,
+            )
     return out
 
 
@@ -682,14 +685,15 @@ def _conv_forward(x, weight, bias, windowed, grid, patch, stride, relu, pool):
     bias_arg = weight if bias is None else bias.contiguous()
     weight = _weight_for_tiles(weight, "co")
     launch = (batch * m * triton.cdiv(oh * ow, block_pix), triton.cdiv(c_out, block_co))
-    _conv3x3_fwd_kernel[launch](
-        x, weight, bias_arg, out, idx,
-        batch, m, c_in, c_out, ph, pw, grid, stride,
-        *_x_strides(x, windowed), *weight.stride(),
-        HAS_BIAS=bias is not None, RELU=relu, POOL=pool, WINDOWED=windowed,
-        ACC=_acc_dtype(x.dtype), PRECISION=_precision(x.dtype),
-        BLOCK_PIX=block_pix, BLOCK_CO=block_co, BLOCK_K=block_k, **_launch_options(),
-    )
+    with _device.launch_guard(x):
+        _conv3x3_fwd_kernel[launch](
+            x, weight, bias_arg, out, idx,
+            batch, m, c_in, c_out, ph, pw, grid, stride,
+            *_x_strides(x, windowed), *weight.stride(),
+            HAS_BIAS=bias is not None, RELU=relu, POOL=pool, WINDOWED=windowed,
+            ACC=_acc_dtype(x.dtype), PRECISION=_precision(x.dtype),
+            BLOCK_PIX=block_pix, BLOCK_CO=block_co, BLOCK_K=block_k, **_launch_options(),
+        )
     return out.to(out_dtype), idx
 
 
@@ -718,14 +722,15 @@ def _conv_grad_input(grad, aux, weight, batch, windowed, grid, patch, stride, si
     weight = _weight_for_tiles(weight, "ci")
     images = batch if windowed else batch * m
     launch = (images * triton.cdiv(ih, block_h) * triton.cdiv(iw, block_w), triton.cdiv(c_in, block_ci))
-    _conv3x3_bwd_input_kernel[launch](
-        grad, aux, weight, dx,
-        batch, m, c_in, c_out, ph, pw, ih, iw, grid, stride,
-        *d_strides, *weight.stride(),
-        RELU=relu, POOL=pool, WINDOWED=windowed,
-        ACC=_acc_dtype(grad.dtype), PRECISION=_precision(grad.dtype),
-        BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_CI=block_ci, BLOCK_K=block_k, **_launch_options(),
-    )
+    with _device.launch_guard(grad):
+        _conv3x3_bwd_input_kernel[launch](
+            grad, aux, weight, dx,
+            batch, m, c_in, c_out, ph, pw, ih, iw, grid, stride,
+            *d_strides, *weight.stride(),
+            RELU=relu, POOL=pool, WINDOWED=windowed,
+            ACC=_acc_dtype(grad.dtype), PRECISION=_precision(grad.dtype),
+            BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_CI=block_ci, BLOCK_K=block_k, **_launch_options(),
+        )
     return dx.to(out_dtype)
 
 
@@ -751,15 +756,16 @@ def _conv_grad_weight(grad, aux, x, m, c_out, windowed, grid, patch, stride, rel
     if splits and dw.numel():
         grad = grad.contiguous()
         aux = grad if aux is None else aux.contiguous()
-        _conv3x3_bwd_weight_kernel[(programs, splits)](
-            x, grad, aux, dw, db if need_bias else dw,
-            batch, m, c_in, c_out, ph, pw, grid, stride, per_split,
-            *_x_strides(x, windowed),
-            HAS_BIAS=need_bias, RELU=relu, POOL=pool, WINDOWED=windowed,
-            ACC=_acc_dtype(x.dtype), PRECISION=_precision(x.dtype),
-            BLOCK_CO=block_co, BLOCK_CI=block_ci, BLOCK_PIX=_np2(batch * ph * pw, 16, 64),
-            **_launch_options(),
-        )
+        with _device.launch_guard(x):
+            _conv3x3_bwd_weight_kernel[(programs, splits)](
+                x, grad, aux, dw, db if need_bias else dw,
+                batch, m, c_in, c_out, ph, pw, grid, stride, per_split,
+                *_x_strides(x, windowed),
+                HAS_BIAS=need_bias, RELU=relu, POOL=pool, WINDOWED=windowed,
+                ACC=_acc_dtype(x.dtype), PRECISION=_precision(x.dtype),
+                BLOCK_CO=block_co, BLOCK_CI=block_ci, BLOCK_PIX=_np2(batch * ph * pw, 16, 64),
+                **_launch_options(),
+            )
     # Second stage: a fixed-order sum over the batch splits (B = 0: zero gradients).
     dw = dw.sum(0) if splits != 1 else dw[0]
     db = (db.sum(0) if splits != 1 else db[0]) if need_bias else x.new_zeros(0)
