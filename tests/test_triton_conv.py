@@ -440,6 +440,47 @@ def test_poisoning_catches_an_unwritten_output(monkeypatch):
         assert_all_close([out], [reference.grouped_conv3x3(h, w, None)], torch.float32)
 
 
+# ---- NaN propagates as in torch -----------------------------------------------------------
+def _assert_same_nans_and_close(got, expected, dtype):
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(torch.isnan(g), torch.isnan(e)), "NaN pattern differs from torch's"
+        finite = ~torch.isnan(e)
+        assert_all_close([torch.where(finite, g, 0)], [torch.where(finite, e, 0)], dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("relu,pool", [(True, False), (True, True), (False, True)])
+def test_nan_propagates_through_the_fused_relu_and_pool(relu, pool):
+    """torch's ReLU and max-pool pass NaN on (a diverging run must look diverged): a NaN input
+    pixel and a NaN bias channel reach the output, and the gradients, exactly where torch's do."""
+    torch.manual_seed(5)
+    dtype = torch.float32
+    h = randn(2, 4, 3, 6, 6, dtype=dtype)
+    h[0, 1, 2, 3, 4] = float("nan")
+    w = randn(4, 5, 3, 3, 3, dtype=dtype)
+    b = randn(4, 5, dtype=dtype)
+    b[2, 1] = float("nan")
+    got, expected = against_reference(
+        lambda ops, x, w, b: ops.grouped_conv3x3(x, w, b, relu=relu, pool=pool), [h, w, b], dtype, seed=5)
+    assert torch.isnan(got[0]).any() and not torch.isnan(got[0]).all()
+    _assert_same_nans_and_close(got, expected, dtype)
+
+
+@needs_triton
+def test_nan_propagates_through_the_fused_patch_conv():
+    torch.manual_seed(6)
+    dtype = torch.float32
+    geom = lf.PatchGeometry(7, 2, 4, 3)
+    f9 = randn(1, 2, 7, 7, dtype=dtype)
+    f9[0, 1, 3, 3] = float("nan")  # in the overlap: reaches all four windows
+    w = randn(4, 3, 2, 3, 3, dtype=dtype)
+    b = randn(4, 3, dtype=dtype)
+    got, expected = against_reference(
+        lambda ops, x, w, b: ops.patch_conv3x3(x, w, b, geom, relu=True), [f9, w, b], dtype, seed=6)
+    assert torch.isnan(got[0]).any()
+    _assert_same_nans_and_close(got, expected, dtype)
+
+
 # ---- torch.compile ------------------------------------------------------------------------
 def _all_ops(geom):
     def fn(f9, w1, b1, w2, b2):

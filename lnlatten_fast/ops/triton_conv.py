@@ -304,6 +304,13 @@ def _window_tap(yy, xx, p_ok, PH, PW, s_h, s_w):
 
 
 @triton.jit
+def _relu(x):
+    """ReLU that keeps NaN, as torch's does (tl.maximum(x, 0) would turn NaN into 0 and make a
+    diverging run look healthy)."""
+    return tl.where(x < 0, 0.0, x)
+
+
+@triton.jit
 def _grad_pre(g_ptr, aux_ptr, off, mask, parity, RELU: tl.constexpr, POOL: tl.constexpr):
     """Gradient w.r.t. the pre-activation conv output, read from the op's output gradient.
 
@@ -317,7 +324,7 @@ def _grad_pre(g_ptr, aux_ptr, off, mask, parity, RELU: tl.constexpr, POOL: tl.co
         g = tl.where(which == parity, g, 0.0)
     elif RELU:
         out = tl.load(aux_ptr + off, mask=mask, other=0.0)
-        g = tl.where(out > 0, g, 0.0)
+        g = tl.where(out <= 0, 0.0, g)  # as torch's ReLU backward: a NaN output passes it
     return g
 
 
@@ -408,29 +415,30 @@ def _conv3x3_fwd_kernel(
             acc2 += bias[None, :]
             acc3 += bias[None, :]
     if RELU:
-        acc0 = tl.maximum(acc0, 0.0)
+        acc0 = _relu(acc0)
         if POOL:
-            acc1 = tl.maximum(acc1, 0.0)
-            acc2 = tl.maximum(acc2, 0.0)
-            acc3 = tl.maximum(acc3, 0.0)
+            acc1 = _relu(acc1)
+            acc2 = _relu(acc2)
+            acc3 = _relu(acc3)
 
     out_off = (b * M + m).to(tl.int64) * COUT * n_pix + co[None, :] * n_pix + p[:, None]
     out_ok = p_ok[:, None] & co_ok[None, :]
     if POOL:
-        # First maximum in row-major order wins, as in torch's max_pool2d.
+        # As torch's max_pool2d: in row-major order a larger value or a NaN takes over, so a
+        # NaN anywhere in the window is the output (and the last NaN gets the gradient).
         best = acc0
         which = tl.full((BLOCK_PIX, BLOCK_CO), 0, tl.int32)
-        take = acc1 > best
+        take = (acc1 > best) | (acc1 != acc1)
         best = tl.where(take, acc1, best)
         which = tl.where(take, 1, which)
-        take = acc2 > best
+        take = (acc2 > best) | (acc2 != acc2)
         best = tl.where(take, acc2, best)
         which = tl.where(take, 2, which)
-        take = acc3 > best
+        take = (acc3 > best) | (acc3 != acc3)
         best = tl.where(take, acc3, best)
         which = tl.where(take, 3, which)
         if RELU:  # a max of 0 came through a dead ReLU: no gradient anywhere in the window
-            which = tl.where(best > 0, which, -1)
+            which = tl.where(best <= 0, -1, which)  # NaN is not <= 0: its gradient passes
         tl.store(idx_ptr + out_off, which.to(tl.int8), mask=out_ok)
         acc0 = best
     tl.store(out_ptr + out_off, acc0.to(out_ptr.dtype.element_ty), mask=out_ok)
