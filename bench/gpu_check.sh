@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (any CUDA machine, <= 8 minutes): build, run the CUDA tests, run the
+# One-shot GPU check (any CUDA machine, <= 10 minutes: the timeouts below add up to 600 s): build, run the CUDA tests, run the
 # benchmarks, and write the results as markdown + JSON.
 #   bash bench/gpu_check.sh [OUT_DIR]      (default: $OUT, else bench/results)
 # Offline boxes with torch and triton preinstalled: the install uses what is there.
@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-bench/results}}"
 mkdir -p "$out"
-export TRITON_INTERPRET=0   # compiled kernels, not the CPU interpreter the CPU tests use
+export TRITON_INTERPRET=0   # compiled kernels (tests/conftest.py also leaves it off when a GPU is seen)
 start=$(date +%s)
 
 {
@@ -18,17 +18,24 @@ start=$(date +%s)
 } > "$out/gpu_check.md"
 
 echo "== build" | tee -a "$out/log.txt"
-LNLATTEN_CUDA=1 timeout 240 python -m pip install --no-build-isolation --no-deps -q . >>"$out/log.txt" 2>&1 \
+LNLATTEN_CUDA=1 timeout 180 python -m pip install --no-build-isolation --no-deps -q . >>"$out/log.txt" 2>&1 \
   || echo "build failed (see log.txt)" | tee -a "$out/gpu_check.md"
 python -m lnlatten_fast.info >>"$out/gpu_check.md" 2>&1
 
 echo "== tests" | tee -a "$out/log.txt"
-timeout 180 python -m pytest tests/test_triton_attention.py tests/test_triton_conv.py tests/test_native_ops.py \
-  tests/test_model.py -q -p no:cacheprovider -x --junitxml="$out/tests.xml" >>"$out/log.txt" 2>&1
+timeout 150 python -m pytest tests/test_triton_attention.py tests/test_triton_conv.py tests/test_native_ops.py \
+  tests/test_model.py tests/test_precision.py tests/test_dispatch.py tests/test_attention_range.py \
+  -q -p no:cacheprovider -x --junitxml="$out/tests.xml" >>"$out/log.txt" 2>&1
 echo "- tests exit code: $?" >> "$out/gpu_check.md"
 
+echo "== bf16 training smoke run (auto backend, compiled)" | tee -a "$out/log.txt"
+timeout 120 python -m lnlatten_fast.train --device cuda --precision bf16 --compile --epochs 2 \
+  --synthetic-train 512 --synthetic-test 128 --out "$out/run" --cache-dir "$out/cache" >>"$out/log.txt" 2>&1
+echo "- training exit code: $?" >> "$out/gpu_check.md"
+grep -h "test accuracy, mean\|throughput\|precision" "$out/run/summary.md" >> "$out/gpu_check.md" 2>/dev/null
+
 echo "== benchmarks" | tee -a "$out/log.txt"
-timeout 200 python -m pytest bench/bench_triton_attention.py bench/bench_triton_conv.py -q -p no:cacheprovider \
+timeout 150 python -m pytest bench/bench_triton_attention.py bench/bench_triton_conv.py -q -p no:cacheprovider \
   -o python_files="bench_*.py" --benchmark-group-by=group --benchmark-columns=mean,stddev,rounds \
   --benchmark-json="$out/benchmarks.json" >>"$out/bench.txt" 2>&1
 echo "- benchmarks exit code: $?" >> "$out/gpu_check.md"
