@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-shot GPU check (any CUDA machine, <= 10 minutes: the timeouts below add up to 600 s): build, run the CUDA tests, run the
-# benchmarks, and write the results as markdown + JSON.
+# One-shot GPU check (any CUDA machine; its timeouts add up to 600 s, one device call): build,
+# run the CUDA tests, a compiled bf16 training smoke run and the benchmarks, and write the
+# results as markdown + JSON.
 #   bash bench/gpu_check.sh [OUT_DIR]      (default: $OUT, else bench/results)
 # Offline boxes with torch and triton preinstalled: the install uses what is there.
 set -uo pipefail
