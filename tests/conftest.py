@@ -1,5 +1,7 @@
+import dataclasses
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -23,3 +25,23 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+
+@pytest.fixture(scope="module")
+def interpreter_without_overflow_checks():
+    """The interpreter checks every int32 add/mul for overflow by default, which more than
+    doubles its run time; no index of these tiny shapes can come near 2**31."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        yield
+        return
+
+    builder = interpreter.interpreter_builder
+    saved = builder.options
+    if hasattr(saved, "sanitize_overflow"):
+        builder.options = dataclasses.replace(saved, sanitize_overflow=False)
+    yield
+    builder.options = saved

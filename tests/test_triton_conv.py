@@ -14,7 +14,6 @@ instead of torch.empty; an element a kernel does not write makes `relative_error
 `test_poisoning_catches_an_unwritten_output` shows that this fails a test.
 """
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -62,20 +61,8 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def interpreter_without_overflow_checks():
-    """The interpreter checks every int32 add/mul for overflow by default, which more than
-    doubles its run time; no index of these tiny shapes can come near 2**31."""
-    if os.environ.get("TRITON_INTERPRET") != "1" or tc.IMPORT_ERROR is not None:
-        yield
-        return
-    from triton.runtime import interpreter
-
-    builder = interpreter.interpreter_builder
-    saved = builder.options
-    if hasattr(saved, "sanitize_overflow"):
-        builder.options = dataclasses.replace(saved, sanitize_overflow=False)
+def _fast_interpreter(interpreter_without_overflow_checks):
     yield
-    builder.options = saved
 
 
 # ---- helpers ------------------------------------------------------------------------------

@@ -6,10 +6,13 @@ import torch
 import lnlatten_fast as lf
 from helpers import micro_config, relative_error
 
-pytestmark = pytest.mark.skipif(
-    not lf.backends()["triton"]["cpu"].usable and not torch.cuda.is_available(),
-    reason="triton cannot run here: " + lf.backends()["triton"]["cpu"].reason,
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not lf.backends()["triton"]["cpu"].usable and not torch.cuda.is_available(),
+        reason="triton cannot run here: " + lf.backends()["triton"]["cpu"].reason,
+    ),
+    pytest.mark.usefixtures("interpreter_without_overflow_checks"),
+]
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
