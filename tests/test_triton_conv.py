@@ -62,6 +62,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module", autouse=True)
 def _fast_interpreter(interpreter_without_overflow_checks):
+    """Every test here runs interpreted kernels: all of them without the overflow checks."""
     yield
 
 
