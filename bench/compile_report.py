@@ -1,0 +1,870 @@
+#!/usr/bin/env python
+"""GPU compile check without a GPU: every Triton kernel of one training step, compiled for a named arch.
+
+    python bench/compile_report.py --arch sm_90a --preset paper --batch 64 --dtypes bf16[,fp16,fp32] --out DIR
+        [--image-size N]
+
+What it does
+------------
+Runs ONE training step of `LNLAttenNet` on the `triton` backend (forward, the `lnl_loss` of the
+trainer, backward) at the real shapes, and lets every Triton kernel that step launches go
+through Triton's normal JIT path (`kernel[grid](...)` from the real host wrappers in
+lnlatten_fast/ops/triton_conv.py and triton_attention.py) for the chosen GPU architecture.
+Triton's own compiler and its bundled ptxas build the cubins; they land in TRITON_CACHE_DIR
+like any other kernel (a real GPU of that arch with the same Triton and ptxas should compute
+the same cache keys; unverified, no GPU here).
+Then, per distinct compiled binary (several layers can share one), it reports what the
+compiler produced, in DIR/kernels.json and DIR/kernels.md (the table is also printed).
+
+COMPILED, NOT RUN: no GPU executed these kernels. The numbers are static properties of the
+binaries; nothing here says how fast, or how correct, they are on the device.
+
+How
+---
+* Stand-in Triton driver (`_StandInDriver`, installed with `triton.runtime.driver.set_active`):
+  reports the target (`GPUTarget("cuda", <capability>, 32)`), device 0, stream 0 and the
+  target's device properties (SM count, max shared memory per CTA). `load_binary` loads
+  nothing; it reads the cubin's register count with cuobjdump so that Triton's own
+  "too many threads for these registers" check behaves as on the device. Its launcher
+  launches nothing and records each launch (grid, which binary, which op/layer).
+* Meta tensors: the model is built on the meta device, cast to the dtype
+  (`model.to(bf16)` gives the ops the bf16 operands they get in bf16 training) and put in
+  channels-last, with a channels-last input, as the trainer does. No memory, no data.
+  Pointer alignment: Triton specialises a pointer on `data_ptr() % 16`. A meta tensor's
+  data_ptr() is storage_offset * element_size from a base of 0, i.e. exactly what a CUDA
+  tensor has relative to its (256-byte aligned) allocation, so divisibility by 16 comes out
+  as on the GPU; no workaround needed. Integer specialisation (== 1, % 16) sees the real
+  sizes and strides.
+* Dispatch interception (`_StepInterceptor`, a TorchDispatchMode): on meta tensors the
+  `lnlatten_fast::triton_*` custom ops would run their fake implementations, which launch
+  nothing. The mode catches them and calls the function each CustomOpDef wraps (the real
+  host wrapper) on the meta tensors instead, so the wrapper computes its real block sizes,
+  grids and specialisations and launches through the stand-in driver. Autograd still runs
+  the ops' registered backward, whose pieces are custom ops too: the mode catches those as
+  well. Everything else runs as usual on meta. The package is the checkout's (the repository
+  root goes first on sys.path), not an installed copy. A grid past CUDA's launch limits
+  counts as a failure: it would compile and then fail to launch.
+
+Patches (small, undone at exit; also listed in the report header):
+* `lnlatten_fast.ops.dispatch._AVAILABILITY[("triton", "meta")]`: backend resolution only
+  knows "cpu" and "cuda"; this adds meta as usable for the triton backend.
+* `lnlatten_fast.ops.triton_conv._target_programs`: off CUDA it counts one SM, which would
+  give the grad-weight kernels a different batch split (grid and B_PER_SPLIT argument) than on
+  the target; patched to `_WEIGHT_GRAD_PROGRAMS_PER_SM x SM count of the target`.
+* aten.convolution output layout: torch's meta kernel always returns a contiguous output
+  ("meta tensors have no device info"), whereas cuDNN returns channels-last when the input or
+  the weight is channels-last. F9 (read by the first SimpleNet layer) and Q, K, V (the
+  attention's inputs) come out of such convs, and their strides are kernel specialisations,
+  so the mode re-strides 4-D conv outputs channels-last by cuDNN's rule.
+Other device-dependent host logic, checked and left alone: `_dot_operands` widens bf16 only
+for CPU tensors; `_upcast_operands` only under the interpreter (refused here);
+`_device.launch_guard` only picks the current CUDA device. The trainer's bf16 autocast is not reproduced (there is
+no autocast for meta): casting the model gives the Triton ops the same operands, since under
+autocast lnlatten_fast.ops casts inputs, weights and biases to the autocast dtype itself.
+
+Reading the columns (kernels.md; kernels.json has the same and more: cache paths, compile
+times, constexprs, every op call with its argument shapes/strides):
+* kernel, used by: the kernel's name and every op/layer whose launches used this binary
+  (SimpleNet layers 1..6 = patch conv C0->w0, w0->w0 (+pool), w0->w1, w1->w1 (+pool),
+  w1->w2, w2->w2 (+pool); derived from the shapes).
+* regs: registers per thread (cuobjdump on the cached cubin; ptxas -v agrees, checked).
+  spill B: bytes of spill stores + spill loads per thread, from the ptxas -v log of the build
+  (a binary that came from the disk cache has no log: its PTX is rebuilt through Triton's own
+  make_cubin, same flags, and the rebuilt cubin must equal the cached one byte for byte,
+  `ptxas_rerun_identical` in kernels.json; else the spills show as ?). 0 is what you want.
+* smem B: shared memory per CTA (Triton's dynamic allocation + any static).
+* warps, stages: num_warps, num_stages of the launch configuration.
+* CTAs/SM, warps/SM: theoretical occupancy from registers (allocated per warp in units of
+  256), shared memory (+1 KiB reserved per CTA, 128-byte granules), warps and CTAs per SM
+  (and tensor-memory columns on sm_100) with the target's limits; kernels.json says which
+  limit binds.
+* MMA: `wgmma` if the PTX has wgmma.mma_async, `mma.sync` if it has mma.sync, else `FMA`
+  (no tensor cores); `tcgen05` for sm_100's tensor-memory MMA.
+* ld.global: static count of `ld.global*` instructions in the PTX per access width in bits
+  (128 = 16-byte vector loads); cp.async: static count of cp.async copies per size in bytes
+  (and TMA `cp.async.bulk` if any). Static counts, not executed instructions.
+* grid(s): the launch grids seen in the step.
+
+Exit status: 0 when every kernel compiled; 1 when any kernel failed to compile or load (each
+failure is printed with the kernel and the reason; the compiler's full output goes to
+DIR/compile_errors.log); 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CAVEAT = "compiled, not run: no GPU executed these kernels"
+
+
+# ---- targets --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    capability: int
+    gpu: str  # the GPU whose SM count and limits are used
+    sms: int
+    smem_per_sm: int  # bytes
+    smem_per_cta: int  # bytes, opt-in maximum (what Triton checks a kernel against)
+    max_warps_per_sm: int
+    max_ctas_per_sm: int
+    regs_per_sm: int = 65536
+    reg_unit: int = 256  # registers are allocated per warp in units of this many
+    smem_reserved_per_cta: int = 1024
+    smem_granule: int = 128
+
+
+_KIB = 1024
+_HOPPER = ArchSpec(90, "H100/H200-class", 132, 228 * _KIB, 227 * _KIB, 64, 32)
+_BLACKWELL = ArchSpec(100, "B200-class", 148, 228 * _KIB, 227 * _KIB, 64, 32)
+ARCHS = {
+    "sm_80": ArchSpec(80, "A100-class", 108, 164 * _KIB, 163 * _KIB, 64, 32),
+    "sm_86": ArchSpec(86, "A40-class", 84, 100 * _KIB, 99 * _KIB, 48, 16),
+    "sm_89": ArchSpec(89, "L40S-class", 142, 100 * _KIB, 99 * _KIB, 48, 24),
+    "sm_90": _HOPPER,
+    "sm_90a": _HOPPER,
+    "sm_100": _BLACKWELL,
+    "sm_100a": _BLACKWELL,
+}
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
+PRESETS = ("tiny", "paper")
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    # One line "error: --flag ...: expected ..." and exit 2, instead of argparse's usage dump.
+    def error(self, message):
+        match = re.match(r"unrecognized arguments: (.*)", message)
+        if match:
+            raise _UsageError(f"{match.group(1)}: expected only --arch, --preset, --batch, --dtypes, --out, --image-size")
+        match = re.match(r"argument (\S+): (.*)", message)
+        if match:
+            raise _UsageError(f"{match.group(1).split('/')[0]}: expected a value ({match.group(2)})")
+        raise _UsageError(message)
+
+
+def parse_args(argv):
+    parser = _Parser(description=__doc__.split("\n")[0], add_help=True)
+    for flag in ("--arch", "--preset", "--batch", "--dtypes", "--out", "--image-size"):
+        parser.add_argument(flag)
+    args = parser.parse_args(argv)
+    for flag in ("arch", "preset", "batch", "dtypes", "out"):
+        if getattr(args, flag) is None:
+            raise _UsageError(f"--{flag}: expected a value (required)")
+    if args.arch not in ARCHS:
+        raise _UsageError(f"--arch {args.arch}: expected one of {', '.join(ARCHS)}")
+    if args.preset not in PRESETS:
+        raise _UsageError(f"--preset {args.preset}: expected tiny or paper")
+    try:
+        batch = int(args.batch)
+    except ValueError:
+        batch = 0
+    if batch <= 0 or str(batch) != args.batch.strip():
+        raise _UsageError(f"--batch {args.batch}: expected a positive integer")
+    args.batch = batch
+    dtypes = [d.strip() for d in args.dtypes.split(",")]
+    if not dtypes or any(d not in DTYPE_NAMES for d in dtypes) or len(set(dtypes)) != len(dtypes):
+        raise _UsageError(f"--dtypes {args.dtypes}: expected a comma list of distinct bf16, fp16, fp32")
+    args.dtypes = dtypes
+    if args.image_size is not None:
+        try:
+            size = int(args.image_size)
+        except ValueError:
+            size = 0
+        if size <= 0 or size % 16:
+            raise _UsageError(f"--image-size {args.image_size}: expected a positive multiple of 16")
+        args.image_size = size
+    args.out = Path(args.out)
+    if args.out.exists() and not args.out.is_dir():
+        raise _UsageError(f"--out {args.out}: expected a directory (it is a file)")
+    return args
+
+
+# ---- stand-in Triton driver -------------------------------------------------------------------
+def _run_tool(argv) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def cubin_resources(cubin_path) -> dict:
+    """REG/SHARED/LOCAL/STACK of the cubin's entry function, from cuobjdump --dump-resource-usage."""
+    from triton import knobs
+
+    text = _run_tool([knobs.nvidia.cuobjdump.path, "--dump-resource-usage", str(cubin_path)])
+    fields = {}
+    for key in ("REG", "STACK", "SHARED", "LOCAL"):
+        match = re.search(rf"\b{key}:(\d+)", text)
+        if match is None:
+            raise RuntimeError(f"cuobjdump printed no {key} for {cubin_path}:\n{text}")
+        fields[key.lower()] = int(match.group(1))
+    return fields
+
+
+def max_threads_per_cta(regs: int, spec: ArchSpec) -> int:
+    """What the driver reports as CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK for this register count."""
+    per_warp = max(1, math.ceil(regs * 32 / spec.reg_unit)) * spec.reg_unit
+    return min(1024, (spec.regs_per_sm // per_warp) * 32)
+
+
+class _StandInUtils:
+    def __init__(self, spec: ArchSpec):
+        self.spec = spec
+        self._handles = 0
+
+    def load_binary(self, name, kernel, shared, device):
+        # No driver: nothing is loaded. The register count comes from the cubin itself, so
+        # Triton's threads-vs-registers check (CompiledKernel._init_handles) is the device's.
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+            fh.write(kernel)
+            fh.flush()
+            res = cubin_resources(fh.name)
+        self._handles += 1
+        return self._handles, self._handles, res["reg"], res["local"] // 4, max_threads_per_cta(res["reg"], self.spec)
+
+    def unload_module(self, module):
+        pass
+
+    def get_device_properties(self, device):
+        return {
+            "max_shared_mem": self.spec.smem_per_cta,
+            "max_num_regs": self.spec.regs_per_sm,
+            "multiprocessor_count": self.spec.sms,
+            "warpSize": 32,
+            "sm_clock_rate": 0,
+            "mem_clock_rate": 0,
+            "mem_bus_width": 0,
+        }
+
+
+class _RecordingLauncher:
+    """Takes the place of CudaLauncher: launches nothing, records the launch."""
+
+    tracker = None  # set by run_report
+
+    def __init__(self, src, metadata):
+        self.name = metadata.name
+        self.hash = metadata.hash
+        self.global_scratch_size = metadata.global_scratch_size
+        self.tracker.current_kernel = self.name
+
+    def __call__(self, grid_x, grid_y, grid_z, stream, function, kernel_metadata, launch_metadata,
+                 enter_hook, exit_hook, *args):
+        self.tracker.record_launch(self, (grid_x, grid_y, grid_z))
+
+
+def _make_driver(spec: ArchSpec):
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.driver import DriverBase
+
+    class _StandInDriver(DriverBase):
+        def __init__(self):
+            self.spec = spec
+            self.utils = _StandInUtils(spec)
+            self.launcher_cls = _RecordingLauncher
+
+        @classmethod
+        def is_active(cls):
+            return False  # never picked automatically; installed with set_active
+
+        def map_python_to_cpp_type(self, ty):
+            from triton.backends.nvidia.driver import ty_to_cpp
+
+            return ty_to_cpp(ty)
+
+        def get_current_target(self):
+            return GPUTarget("cuda", spec.capability, 32)
+
+        def get_current_device(self):
+            return 0
+
+        def set_current_device(self, device):
+            pass
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_device_capability(self, device=None):
+            return divmod(spec.capability, 10)
+
+        def get_active_torch_device(self):
+            import torch
+
+            return torch.device("meta")
+
+        def get_benchmarker(self):
+            raise RuntimeError("the compile report runs nothing: no benchmarker")
+
+    return _StandInDriver()
+
+
+# ---- what ran: ops, layers, launches, compiles -----------------------------------------------
+OP_LABELS = {
+    "triton_patch_conv3x3": ("patch_conv3x3", "fwd"),
+    "triton_patch_conv3x3_grad_input": ("patch_conv3x3", "grad_input"),
+    "triton_patch_conv3x3_grad_weight": ("patch_conv3x3", "grad_weight"),
+    "triton_grouped_conv3x3": ("grouped_conv3x3", "fwd"),
+    "triton_grouped_conv3x3_grad_input": ("grouped_conv3x3", "grad_input"),
+    "triton_grouped_conv3x3_grad_weight": ("grouped_conv3x3", "grad_weight"),
+    "triton_l1_attention": ("l1_nonlocal_attention", "fwd"),
+    "triton_l1_attention_backward": ("l1_nonlocal_attention", "bwd"),
+    "triton_extract_patches": ("extract_patches", "fwd"),
+    "triton_overlap_add": ("overlap_add", "fwd"),
+}
+
+
+def simplenet_layers(cfg) -> dict:
+    """(c_in, c_out, input height, pool) -> SimpleNet layer number (1..6) for this config."""
+    w0, w1, w2 = cfg.simplenet_widths
+    channels = [cfg.unet_widths[0], w0, w0, w1, w1, w2, w2]
+    patch = cfg.geometry.patch
+    table = {}
+    height = patch
+    for layer in range(1, 7):
+        pool = layer % 2 == 0
+        table[(channels[layer - 1], channels[layer], height, pool)] = layer
+        if pool:
+            height //= 2
+    return table
+
+
+def layer_of(opname: str, args, layers: dict):
+    if opname.startswith("triton_patch_conv3x3"):
+        return 1
+    if opname == "triton_grouped_conv3x3":
+        h, weight, _bias, _relu, pool = args
+        key = (weight.shape[2], weight.shape[1], h.shape[-2], pool)
+    elif opname == "triton_grouped_conv3x3_grad_input":
+        _grad, _aux, weight, height, _width, _relu, pool = args
+        key = (weight.shape[2], weight.shape[1], height, pool)
+    elif opname == "triton_grouped_conv3x3_grad_weight":
+        grad, _aux, h, _relu, pool, _need_bias = args
+        key = (h.shape[2], grad.shape[2], h.shape[-2], pool)
+    else:
+        return None
+    return layers.get(tuple(int(k) if not isinstance(k, bool) else k for k in key), "?")
+
+
+def _describe(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return {"shape": list(value.shape), "stride": list(value.stride()),
+                "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    return value
+
+
+class _Tracker:
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.dtype = None
+        self.op = None  # (op label, layer) of the custom op being run
+        self.current_kernel = None
+        self.compiler_output = io.StringIO()  # what Triton/ptxas print while compiling
+        self._mark = 0
+        self.compiled = {}  # binary hash -> compile record
+        self.launches = []
+        self.calls = []
+        self.failures = []
+
+    # knobs.runtime.jit_cache_hook: called before each JIT compile (in-memory cache miss)
+    def before_compile(self, *, key, repr, fn, compile, is_manual_warmup, already_compiled):
+        self.current_kernel = fn.name
+        self._mark = len(self.compiler_output.getvalue())
+        return False  # False: go on and compile
+
+    # knobs.compilation.listener: called after each compile, disk-cache hit or not
+    def after_compile(self, *, src, metadata, metadata_group, times, cache_hit):
+        log = "" if cache_hit else self.compiler_output.getvalue()[self._mark:]
+        self.compiled[metadata["hash"]] = {
+            "name": metadata["name"],
+            "files": dict(metadata_group),
+            "cache_hit": cache_hit,
+            "compile_seconds": None if cache_hit else round(times.total / 1e6, 2),
+            "ptxas_log": log,
+            "constants": {str(k): str(v) for k, v in getattr(src, "constants", {}).items()},
+            "signature": {str(k): str(v) for k, v in getattr(src, "signature", {}).items()},
+        }
+
+    def record_launch(self, launcher, grid):
+        op, layer = self.op or ("(outside any op)", None)
+        entry = {"hash": launcher.hash, "name": launcher.name, "grid": list(grid), "op": op, "layer": layer,
+                 "dtype": self.dtype, "index": len(self.launches)}
+        if launcher.global_scratch_size:
+            entry["global_scratch_bytes"] = launcher.global_scratch_size
+        # The CUDA launch limits: a grid past them compiles fine and fails at launch.
+        if grid[0] > 2**31 - 1 or grid[1] > 65535 or grid[2] > 65535:
+            self.fail(launcher.name, f"grid {grid} exceeds CUDA's launch limits (x < 2^31, y, z <= 65535)")
+        self.launches.append(entry)
+
+    def fail(self, kernel, reason, log=""):
+        op, layer = self.op or (None, None)
+        self.failures.append({"kernel": kernel, "op": op, "layer": layer, "dtype": self.dtype, "reason": reason})
+        if log:
+            with open(self.out_dir / "compile_errors.log", "a") as fh:
+                fh.write(f"==== {kernel} ({op}, layer {layer}, {self.dtype})\n{reason}\n{log}\n")
+
+
+# ---- the interception -------------------------------------------------------------------------
+def _channels_last_by_cudnn(inp, weight) -> bool:
+    """cuDNN's layout choice (cudnn_conv_suggest_memory_format): channels-last output for a 4-D
+    weight when the input or the weight suggests channels-last."""
+    import torch
+    from torch._prims_common import suggest_memory_format
+
+    return weight.dim() == 4 and torch.channels_last in (suggest_memory_format(inp), suggest_memory_format(weight))
+
+
+def _make_interceptor(tracker: _Tracker, layers: dict):
+    import torch
+    from torch._library.custom_ops import OPDEFS
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten_conv = torch.ops.aten.convolution.default
+
+    class _StepInterceptor(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            qualname = func._schema.name
+            namespace, _, opname = qualname.partition("::")
+            if func is aten_conv:
+                out = func(*args, **kwargs)
+                if out.device.type == "meta" and _channels_last_by_cudnn(args[0], args[1]):
+                    out = torch.empty_like(out, memory_format=torch.channels_last)
+                return out
+            if namespace != "lnlatten_fast" or not opname.startswith("triton_"):
+                return func(*args, **kwargs)
+            opdef = OPDEFS.get(qualname)
+            if opdef is None or not hasattr(opdef, "_init_fn"):
+                raise RuntimeError(f"{qualname}: cannot find the function its CustomOpDef wraps (torch changed?)")
+            label = " ".join(OP_LABELS.get(opname, (opname, ""))).strip()
+            layer = layer_of(opname, args, layers)
+            tracker.op = (label, layer)
+            tracker.current_kernel = None
+            tracker.calls.append({"dtype": tracker.dtype, "qualname": qualname, "op": label, "layer": layer,
+                                  "args": _describe(list(args))})
+            try:
+                # The real host wrapper on meta tensors: it launches through the stand-in
+                # driver. Triton prints ptxas logs (and, on failure, the whole PTX) to stdout.
+                with contextlib.redirect_stdout(tracker.compiler_output):
+                    return opdef._init_fn(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any failure here is a compile/load failure to report
+                start = tracker._mark
+                log = tracker.compiler_output.getvalue()[start:] + "\n" + traceback.format_exc()
+                reason = f"{type(error).__name__}: {error}"
+                tracker.fail(tracker.current_kernel or "(before any kernel)", reason, log)
+                # Carry on with the fake's outputs so the rest of the step compiles too.
+                return func(*args, **kwargs)
+            finally:
+                tracker.op = None
+
+    return _StepInterceptor()
+
+
+@contextlib.contextmanager
+def _patched(target_sms: int):
+    """The report's patches of library internals (see the module docstring), undone on exit."""
+    from lnlatten_fast.ops import dispatch, triton_conv
+
+    key = ("triton", "meta")
+    saved_availability = dispatch._AVAILABILITY.get(key)
+    saved_target_programs = triton_conv._target_programs
+    # Backend resolution knows cpu and cuda only; the meta step is the triton backend's.
+    dispatch._AVAILABILITY[key] = (True, "compile report: meta tensors, stand-in driver")
+
+    # The grad-weight batch split the target GPU gets (off CUDA the library counts one SM).
+    def target_programs(device):
+        return triton_conv._WEIGHT_GRAD_PROGRAMS_PER_SM * target_sms
+
+    triton_conv._target_programs = target_programs
+    try:
+        yield [
+            "lnlatten_fast.ops.dispatch._AVAILABILITY[('triton', 'meta')] = usable (backend resolution knows cpu/cuda only)",
+            f"lnlatten_fast.ops.triton_conv._target_programs -> _WEIGHT_GRAD_PROGRAMS_PER_SM x {target_sms} SMs "
+            "(grad-weight batch split of the target GPU; off CUDA the library counts 1 SM)",
+            "aten.convolution on meta -> channels-last output when input or weight is channels-last "
+            "(cuDNN's choice; torch's meta kernel always returns contiguous)",
+        ]
+    finally:
+        triton_conv._target_programs = saved_target_programs
+        if saved_availability is None:
+            dispatch._AVAILABILITY.pop(key, None)
+        else:
+            dispatch._AVAILABILITY[key] = saved_availability
+
+
+def run_step(cfg, batch: int, dtype_name: str, tracker: _Tracker, layers: dict) -> None:
+    """One training step (forward, lnl_loss, backward) on meta tensors, triton backend."""
+    import torch
+
+    import lnlatten_fast as lf
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    tracker.dtype = dtype_name
+    with torch.device("meta"):
+        model = lf.LNLAttenNet(cfg)
+    model = model.to(dtype).channels_last().train()
+    size = cfg.image_size
+    x = torch.empty(batch, cfg.in_channels, size, size, device="meta", dtype=dtype, memory_format=torch.channels_last)
+    target = torch.zeros(batch, dtype=torch.long, device="meta")
+    with _make_interceptor(tracker, layers):
+        logits = model(x).logits
+        loss = lf.lnl_loss(logits.float(), target, model)  # as the trainer: fp32 loss
+        loss.backward()
+
+
+# ---- per-binary analysis ------------------------------------------------------------------------
+def ptx_features(ptx: str) -> dict:
+    if "tcgen05.mma" in ptx:  # Blackwell's tensor-memory MMA (sm_100)
+        mma = "tcgen05"
+    elif "wgmma.mma_async" in ptx:
+        mma = "wgmma"
+    elif "mma.sync" in ptx:
+        mma = "mma.sync"
+    else:
+        mma = "FMA"
+    mma_shapes = sorted(set(re.findall(r"\b((?:tcgen05\.mma|wgmma\.mma_async|mma\.sync)[\w.:]*)", ptx)))
+
+    def widths(opcode_prefix):
+        counts = defaultdict(int)
+        for opcode in re.findall(rf"\b{opcode_prefix}[\w.:]*", ptx):
+            parts = opcode.split(".")
+            vec = next((int(p[1:]) for p in parts if re.fullmatch(r"v\d+", p)), 1)
+            bits = next((int(p[1:]) for p in reversed(parts) if re.fullmatch(r"[bsuf]\d+", p)), None)
+            if bits is not None:
+                counts[vec * bits] += 1
+        return {str(k): counts[k] for k in sorted(counts)}
+
+    cp_async = defaultdict(int)
+    pattern = r"\bcp\.async\.c[ag]\.shared\.global[\w.:]*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)"
+    for size in re.findall(pattern, ptx):  # ptxas-bound PTX writes the size in hex
+        cp_async[int(size, 0)] += 1
+    return {
+        "mma": mma,
+        "mma_instructions": mma_shapes,
+        "global_loads": widths(r"ld\.global"),
+        "global_stores": widths(r"st\.global"),
+        "cp_async": {str(k): cp_async[k] for k in sorted(cp_async)},
+        "tma_bulk": len(re.findall(r"\bcp\.async\.bulk\b", ptx)),
+    }
+
+
+def parse_ptxas_log(log: str, name: str) -> dict | None:
+    block = log.split(f"Function properties for {name}")
+    if len(block) < 2:
+        return None
+    body = block[1]
+    spills = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", body)
+    regs = re.search(r"Used (\d+) registers", body)
+    if not (spills and regs):
+        return None
+    return {"stack": int(spills.group(1)), "spill_stores": int(spills.group(2)),
+            "spill_loads": int(spills.group(3)), "registers": int(regs.group(1))}
+
+
+def rerun_ptxas(meta: dict, ptx: str) -> tuple[str, bytes]:
+    """ptxas -v again through the backend's own make_cubin (same flags as the original build),
+    for binaries that came from the disk cache (their log is gone)."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDAOptions
+    from triton.compiler import make_backend
+
+    target = GPUTarget(**meta["target"])
+    backend = make_backend(target)
+    fields = {k: meta[k] for k in CUDAOptions.__dataclass_fields__ if k in meta}
+    options = backend.parse_options(fields)
+    out = io.StringIO()
+    with knobs.nvidia.scope(), contextlib.redirect_stdout(out):
+        knobs.nvidia.dump_ptxas_log = True  # make_cubin prints the ptxas -v log only when asked
+        cubin = backend.make_cubin(ptx, {}, options, target.arch)
+    return out.getvalue(), cubin
+
+
+def occupancy(spec: ArchSpec, regs: int, smem: int, warps: int, tmem_columns: int = 0) -> dict:
+    per_warp = max(1, math.ceil(regs * 32 / spec.reg_unit)) * spec.reg_unit
+    per_cta_smem = math.ceil((smem + spec.smem_reserved_per_cta) / spec.smem_granule) * spec.smem_granule
+    limits = {
+        "registers": (spec.regs_per_sm // per_warp) // warps,
+        "shared memory": spec.smem_per_sm // per_cta_smem,
+        "warps": spec.max_warps_per_sm // warps,
+        "CTAs": spec.max_ctas_per_sm,
+    }
+    if tmem_columns:  # sm_100: 512 columns of tensor memory per SM
+        limits["tensor memory"] = 512 // tmem_columns
+    ctas = min(limits.values())
+    binding = [k for k, v in limits.items() if v == ctas]
+    return {"ctas_per_sm": ctas, "warps_per_sm": ctas * warps, "limited_by": binding, "limits": limits}
+
+
+def analyse(hash_, record: dict, spec: ArchSpec, tracker: _Tracker) -> dict:
+    files = record["files"]
+    by_ext = {Path(name).suffix.lstrip("."): path for name, path in files.items()}
+    meta = json.loads(Path(by_ext["json"]).read_text())
+    name = meta["name"]
+    cubin_path, ptx = Path(by_ext["cubin"]), Path(by_ext["ptx"]).read_text()
+    res = cubin_resources(cubin_path)
+    log, identical = record["ptxas_log"], None
+    if parse_ptxas_log(log, name) is None:  # from the disk cache: rebuild to get the log
+        log, cubin = rerun_ptxas(meta, ptx)
+        identical = cubin == cubin_path.read_bytes()
+    ptxas = parse_ptxas_log(log, name)
+    if identical is False and ptxas is not None:
+        # Not the same build (ptxas options or version changed since it was cached): its
+        # spill counts would describe another binary.
+        print(f"warning: {name}: rebuilding the cached PTX gave a different cubin; spills unknown", file=sys.stderr)
+        ptxas.update(spill_stores=None, spill_loads=None, stack=None, registers=res["reg"])
+    if ptxas is None:
+        tracker.fail(name, "no ptxas -v resource line for the entry function", log)
+        ptxas = {"stack": None, "spill_stores": None, "spill_loads": None, "registers": None}
+    elif ptxas["registers"] != res["reg"]:
+        tracker.fail(name, f"ptxas -v says {ptxas['registers']} registers, the cached cubin {res['reg']}", log)
+    shared = int(meta["shared"]) + res["shared"]
+    warps = int(meta["num_warps"])
+    spill = None if ptxas["spill_stores"] is None else ptxas["spill_stores"] + ptxas["spill_loads"]
+    return {
+        "name": name,
+        "hash": hash_,
+        "registers": res["reg"],
+        "spill_stores": ptxas["spill_stores"],
+        "spill_loads": ptxas["spill_loads"],
+        "spill_bytes": spill,
+        "stack_bytes": res["stack"],
+        "local_bytes": res["local"],
+        "shared_bytes": shared,
+        "shared_dynamic": int(meta["shared"]),
+        "shared_static": res["shared"],
+        "num_warps": warps,
+        "num_stages": int(meta["num_stages"]),
+        "occupancy": occupancy(spec, res["reg"], shared, warps, int(meta.get("tmem_size") or 0)),
+        **ptx_features(ptx),
+        "cubin": str(cubin_path),
+        "ptx": str(by_ext["ptx"]),
+        "cache_hit": record["cache_hit"],
+        "compile_seconds": record["compile_seconds"],
+        "ptxas_rerun_identical": identical,
+        "constants": record["constants"],
+        "signature": record["signature"],
+    }
+
+
+def _layers_text(layers) -> str:
+    known = sorted(x for x in layers if isinstance(x, int))
+    other = sorted(str(x) for x in layers if not isinstance(x, int))
+    items = [str(x) for x in known] + other
+    if not items:
+        return ""
+    return (", SimpleNet layer " if len(items) == 1 else ", SimpleNet layers ") + ",".join(items)
+
+
+def build_rows(tracker: _Tracker, spec: ArchSpec) -> list:
+    uses = defaultdict(lambda: defaultdict(set))  # hash -> op label -> layers
+    grids = defaultdict(list)
+    dtypes = defaultdict(list)
+    first = {}
+    counts = defaultdict(int)
+    for launch in tracker.launches:
+        h = launch["hash"]
+        first.setdefault(h, launch["index"])
+        counts[h] += 1
+        layers = uses[h][launch["op"]]
+        if launch["layer"] is not None:
+            layers.add(launch["layer"])
+        if launch["grid"] not in grids[h]:
+            grids[h].append(launch["grid"])
+        if launch["dtype"] not in dtypes[h]:
+            dtypes[h].append(launch["dtype"])
+    rows = []
+    for h in sorted(first, key=first.get):
+        tracker.op, tracker.dtype = ("resource check", None), ",".join(dtypes[h])  # labels any failure below
+        row = analyse(h, tracker.compiled[h], spec, tracker)
+        row["used_by"] = "; ".join(op + _layers_text(layers) for op, layers in uses[h].items())
+        row["uses"] = [{"op": op, "layers": sorted(map(str, layers))} for op, layers in uses[h].items()]
+        row["dtype"] = ",".join(dtypes[h])
+        row["grids"] = grids[h]
+        row["launches"] = counts[h]
+        rows.append(row)
+    return rows
+
+
+# ---- output ----------------------------------------------------------------------------------------
+def _fmt_counts(counts: dict) -> str:
+    return " ".join(f"{k}:{v}" for k, v in counts.items()) or "-"
+
+
+def _fmt_grids(grids: list) -> str:
+    text = ", ".join("(" + ",".join(map(str, g)) + ")" for g in grids[:3])
+    return text + (f" +{len(grids) - 3} more" if len(grids) > 3 else "")
+
+
+def render_markdown(report: dict) -> str:
+    cfg = report["config"]
+    spec = report["limits"]
+    lines = [
+        f"# Triton compile report: {report['arch']}, preset {report['preset']}, batch {report['batch']}",
+        "",
+        f"**{CAVEAT}.**",
+        "",
+        f"- arch: {report['arch']} (requested {report['requested_arch']}, capability {report['capability']}); "
+        f"limits of a {spec['gpu']} GPU: {spec['sms']} SMs, {spec['regs_per_sm']} regs/SM in units of "
+        f"{spec['reg_unit']} per warp, {spec['max_warps_per_sm']} warps/SM, {spec['max_ctas_per_sm']} CTAs/SM, "
+        f"{spec['smem_per_sm'] // 1024} KiB shared/SM ({spec['smem_reserved_per_cta'] // 1024} KiB reserved per CTA), "
+        f"{spec['smem_per_cta'] // 1024} KiB max per CTA",
+        f"- preset: {report['preset']} (image {cfg['image_size']}, {cfg['num_patches']} windows of {cfg['patch']} px, "
+        f"stride {cfg['stride']}, SimpleNet widths {','.join(map(str, cfg['simplenet_widths']))}), batch {report['batch']}, "
+        f"dtypes {','.join(report['dtypes'])}",
+        f"- triton {report['triton_version']} ({report['ptxas']}), torch {report['torch_version']}; "
+        f"{len(report['kernels'])} binaries, {report['launch_count']} launches in one training step (forward + backward)",
+        "- step: model on meta tensors cast to the dtype, channels-last; custom ops' real host wrappers "
+        "called through a dispatch mode; a stand-in driver records launches",
+        "- patched: " + "; ".join(report["patches"]),
+        f"- cubins in TRITON_CACHE_DIR={report['cache_dir']}",
+        "- columns: regs/thread; spill B = spill stores + loads per thread; smem B per CTA; occupancy = "
+        "CTAs and warps per SM (theoretical); ld.global = static count per width in bits; cp.async = static count per size in bytes",
+    ]
+    if report["failures"]:
+        lines.append(f"- **FAILED: {len(report['failures'])} compile/load failure(s)**, see kernels.json and compile_errors.log")
+    lines += [
+        "",
+        "| kernel | used by | dtype | regs | spill B (st+ld) | smem B | warps | stages | CTAs/SM | warps/SM "
+        "| MMA | ld.global (bits:count) | cp.async (bytes:count) | grid(s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|",
+    ]
+    for row in report["kernels"]:
+        spill = "?" if row["spill_bytes"] is None else f"{row['spill_bytes']} ({row['spill_stores']}+{row['spill_loads']})"
+        occ = row["occupancy"]
+        cp = _fmt_counts(row["cp_async"]) + (f" TMA:{row['tma_bulk']}" if row["tma_bulk"] else "")
+        lines.append(
+            f"| {row['name']} | {row['used_by']} | {row['dtype']} | {row['registers']} | {spill} | {row['shared_bytes']} "
+            f"| {row['num_warps']} | {row['num_stages']} | {occ['ctas_per_sm']} | {occ['warps_per_sm']} | {row['mma']} "
+            f"| {_fmt_counts(row['global_loads'])} | {cp} | {_fmt_grids(row['grids'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_report(args) -> int:
+    start = time.perf_counter()
+    spec = ARCHS[args.arch]
+    try:
+        import triton
+        from triton import knobs
+    except ImportError as error:
+        raise _UsageError(f"--arch {args.arch}: expected the triton package to compile with ({error})")
+
+    if knobs.runtime.interpret:
+        raise _UsageError("TRITON_INTERPRET=1: expected it unset (the interpreter compiles no GPU code)")
+    try:
+        import triton.backends.nvidia.compiler  # noqa: F401
+    except ImportError as error:
+        raise _UsageError(f"--arch {args.arch}: expected Triton's NVIDIA backend, which does not import ({error})")
+
+    tracker = _Tracker(args.out)
+    _RecordingLauncher.tracker = tracker
+    sys.path.insert(0, str(REPO))  # the checkout's package, not an installed copy
+    import torch
+
+    import lnlatten_fast as lf
+
+    base = lf.LNLConfig.tiny() if args.preset == "tiny" else lf.LNLConfig.paper()
+    try:
+        cfg = base.replace(backend="triton", **({"image_size": args.image_size} if args.image_size else {}))
+    except (ValueError, TypeError) as error:
+        raise _UsageError(f"--image-size {args.image_size}: expected a size the model accepts ({error})")
+    layers = simplenet_layers(cfg)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compile_errors.log").unlink(missing_ok=True)
+    with _patched(spec.sms) as patches, knobs.runtime.scope(), knobs.compilation.scope(), knobs.nvidia.scope():
+        # Before anything can launch: every JIT function builds its binder from the active driver.
+        triton.runtime.driver.set_active(_make_driver(spec))
+        knobs.runtime.jit_cache_hook = tracker.before_compile
+        knobs.compilation.listener = tracker.after_compile
+        knobs.nvidia.dump_ptxas_log = True  # the ptxas -v log of each fresh build (not a cache-key input)
+        # The stand-in stays active to the end: compiled kernels call its unload_module when
+        # they are freed, and reset_active() would look for a real CUDA driver.
+        for dtype_name in args.dtypes:
+            try:
+                run_step(cfg, args.batch, dtype_name, tracker, layers)
+            except Exception as error:  # noqa: BLE001 - reported, then the exit status says so
+                # Failures inside an op were caught by the interceptor: this is the model itself.
+                tracker.op = None
+                tracker.fail("(training step)", f"{type(error).__name__}: {error}", traceback.format_exc())
+
+    rows = build_rows(tracker, spec)
+    ptxas = "ptxas-blackwell" if spec.capability >= 90 else "ptxas"
+    tool = getattr(knobs.nvidia, ptxas.replace("-", "_"))
+    geom = cfg.geometry
+    report = {
+        "caveat": CAVEAT,
+        "arch": f"sm_{spec.capability}{'a' if spec.capability >= 90 else ''}",
+        "requested_arch": args.arch,
+        "capability": spec.capability,
+        "limits": dataclasses.asdict(spec),
+        "preset": args.preset,
+        "batch": args.batch,
+        "dtypes": args.dtypes,
+        "config": {"image_size": cfg.image_size, "num_patches": geom.num_patches, "patch": geom.patch,
+                   "stride": geom.stride, "simplenet_widths": list(cfg.simplenet_widths),
+                   "unet_widths": list(cfg.unet_widths), "attention_dim": cfg.attention_dim},
+        "triton_version": triton.__version__,
+        "torch_version": torch.__version__,
+        "ptxas": f"{ptxas} {tool.version}",
+        "lnlatten_fast": str(Path(lf.__file__).parent),
+        "cache_dir": knobs.cache.dir,
+        "patches": patches,
+        "launch_count": len(tracker.launches),
+        "kernels": rows,
+        "failures": tracker.failures,
+        "launches": tracker.launches,
+        "calls": tracker.calls,
+    }
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    (args.out / "kernels.json").write_text(json.dumps(report, indent=1))
+    markdown = render_markdown(report)
+    (args.out / "kernels.md").write_text(markdown)
+
+    for failure in tracker.failures:
+        where = [failure["op"], None if failure["layer"] is None else f"layer {failure['layer']}", failure["dtype"]]
+        where = ", ".join(str(x) for x in where if x)
+        print(f"error: {failure['kernel']} ({where}) failed: {(failure['reason'].splitlines() or [''])[0]}",
+              file=sys.stderr)
+    print(markdown)
+    print(f"{len(rows)} binaries, {len(tracker.launches)} launches, {len(tracker.failures)} failures, "
+          f"{report['wall_seconds']} s; wrote {args.out / 'kernels.json'} and {args.out / 'kernels.md'}")
+    return 1 if tracker.failures else 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        return run_report(args)
+    except _UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: after failed compiles it once segfaulted there (exit 139, a
+    # teardown-order crash in compiler objects the failures left behind), which would hide
+    # the status. Everything is written and flushed by now.
+    os._exit(status)
