@@ -13,11 +13,12 @@ from lnlatten_fast.ops import dispatch
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _training_step(model, x, y, step_model=None):
+def _training_step(model, x, y, step_model=None, autocast=False):
     """Logits, both attention weights and every parameter gradient of one forward + backward."""
     model.zero_grad(set_to_none=True)
-    out = (model if step_model is None else step_model)(x)
-    lf.lnl_loss(out.logits, y, model).backward()
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+        out = (model if step_model is None else step_model)(x)
+    lf.lnl_loss(out.logits.float(), y, model).backward()
     return [out.logits.detach(), out.nonlocal_weights.detach(), out.local_weights.detach()] + [
         p.grad.clone() for p in model.parameters()
     ]
@@ -30,14 +31,15 @@ def _model_and_batch():
     return model, x, torch.tensor([1, 4], device=DEVICE)
 
 
-def test_fullgraph_compile_of_the_default_backend_is_bit_for_bit_eager():
-    """Dynamo traces `auto` (its conv-choice lookup included) as one graph, and AOT autograd's
-    forward + backward reproduce eager exactly."""
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_fullgraph_compile_of_the_default_backend_is_bit_for_bit_eager(autocast):
+    """Dynamo traces `auto` (its conv-choice lookup and autocast handling included) as one
+    graph, and AOT autograd's forward + backward reproduce eager exactly."""
     model, x, y = _model_and_batch()
-    eager = _training_step(model, x, y)
+    eager = _training_step(model, x, y, autocast=autocast)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    got = _training_step(model, x, y, compiled)
+    got = _training_step(model, x, y, compiled, autocast=autocast)
     for a, b in zip(got, eager, strict=True):
         assert torch.equal(a, b)
 
