@@ -56,20 +56,12 @@ def cudnn_extract(f9: torch.Tensor) -> torch.Tensor:
 
 
 def cudnn_grouped_conv3x3(h, weight, bias, relu=True, pool=False):
-    batch, groups, c_in, height, width = h.shape
-    c_out = weight.shape[1]
-    y = F.conv2d(
-        h.reshape(batch, groups * c_in, height, width),
-        weight.reshape(groups * c_out, c_in, 3, 3),
-        None if bias is None else bias.reshape(-1),
-        padding=1,
-        groups=groups,
-    )
+    y = lf.ops.stacked_conv2d(h, weight, bias, padding=1)
     if relu:
         y = F.relu(y)
     if pool:
-        y = F.max_pool2d(y, 2)
-    return y.reshape(batch, groups, c_out, *y.shape[-2:])
+        y = F.max_pool2d(y.flatten(0, 1), 2).unflatten(0, y.shape[:2])
+    return y
 
 
 def cudnn_patch_conv3x3(f9, weight, bias, geom, relu=True):

@@ -88,18 +88,8 @@ class StackedConv(nn.Module):
         )
 
     def forward(self, h: torch.Tensor, padding: int = 0) -> torch.Tensor:
-        """Plain-torch grouped conv of (B, M, Cin, H, W) (the small local-attention layers)."""
-        batch, patches, c_in, height, width = h.shape
-        weight, bias = self.stacked(patches)
-        c_out, k = weight.shape[1], weight.shape[-1]
-        y = F.conv2d(
-            h.reshape(batch, patches * c_in, height, width),
-            weight.reshape(patches * c_out, c_in, k, k),
-            bias.reshape(-1),
-            padding=padding,
-            groups=patches,
-        )
-        return y.reshape(batch, patches, c_out, *y.shape[-2:])
+        """Vendor grouped conv of (B, M, Cin, H, W) (the small local-attention layers)."""
+        return ops.stacked_conv2d(h, *self.stacked(h.shape[1]), padding=padding)
 
 
 class StackedLinear(nn.Module):

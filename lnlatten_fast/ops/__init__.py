@@ -11,6 +11,7 @@ import torch
 from ..geometry import PatchGeometry
 from . import _checks
 from .dispatch import BackendStatus, backends, conv_backend, measured_choices, resolve
+from .stacked import stacked_conv2d
 
 __all__ = [
     "extract_patches",
@@ -18,6 +19,7 @@ __all__ = [
     "patch_conv3x3",
     "grouped_conv3x3",
     "l1_nonlocal_attention",
+    "stacked_conv2d",
     "backends",
     "BackendStatus",
     "measured_choices",

@@ -26,6 +26,7 @@ from ..geometry import PatchGeometry
 from . import _device
 from ._adjoint import register_patch_adjoints
 from .reference import L1_NORM_EPS
+from .stacked import stacked_conv2d
 
 def _installed_extension_path():
     """`_C` of the pip-installed copy, for code run from a source checkout (`python -m ...`
@@ -210,20 +211,12 @@ def l1_nonlocal_attention(q, k, v):
 
 # ---- convolutions: the vendor's grouped conv, one group per patch ------------------------
 def grouped_conv3x3(h, weight, bias, relu: bool = True, pool: bool = False):
-    batch, groups, c_in, height, width = h.shape
-    c_out = weight.shape[1]
-    y = F.conv2d(
-        h.reshape(batch, groups * c_in, height, width),
-        weight.reshape(groups * c_out, c_in, 3, 3),
-        None if bias is None else bias.reshape(groups * c_out),
-        padding=1,
-        groups=groups,
-    )
+    y = stacked_conv2d(h, weight, bias, padding=1)
     if relu:
         y = F.relu(y)
     if pool:
-        y = F.max_pool2d(y, 2)
-    return y.reshape(batch, groups, c_out, *y.shape[-2:])
+        y = F.max_pool2d(y.flatten(0, 1), 2).unflatten(0, y.shape[:2])
+    return y
 
 
 def patch_conv3x3(f9, weight, bias, geom: PatchGeometry, relu: bool = True):
