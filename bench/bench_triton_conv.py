@@ -16,7 +16,7 @@ Paper shapes, bfloat16: B = 64 images, F9 of 64 x 144 x 144, M = 16 windows of 4
 Forward (under no_grad) and forward + backward (all weight, bias and F9 gradients).
 
 Floors on an H100/H200-class GPU (~990 dense bf16 TFLOP/s, ~4.8 TB/s); every conv here is
-compute-bound (see lnlatten_fast/ops/triton_conv.py for the per-layer table):
+compute-bound (the README's performance section has the per-layer table):
     first layer     fwd 173.9 GFLOP ->  0.18 ms   fwd + bwd 521.8 GFLOP -> 0.53 ms
     SimpleNet       fwd 869.7 GFLOP ->  0.88 ms   fwd + bwd  2.61 TFLOP -> 2.64 ms
 Each benchmark records its FLOPs and floor in extra_info. Every timed call ends with
@@ -29,12 +29,13 @@ import torch.nn.functional as F
 
 import lnlatten_fast as lf
 from lnlatten_fast.ops import reference
-from lnlatten_fast.ops import triton_conv as tc
+from lnlatten_fast.ops.triton import _common
+from lnlatten_fast.ops.triton import conv3x3 as tc
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: needs a GPU to time the Triton kernels"),
     pytest.mark.skipif(
-        torch.cuda.is_available() and not tc.availability("cuda")[0], reason=tc.availability("cuda")[1]
+        torch.cuda.is_available() and not _common.availability("cuda")[0], reason=_common.availability("cuda")[1]
     ),
 ]
 

@@ -9,7 +9,7 @@ What it does
 Runs ONE training step of `LNLAttenNet` on the `triton` backend (forward, the `lnl_loss` of the
 trainer, backward) at the real shapes, and lets every Triton kernel that step launches go
 through Triton's normal JIT path (`kernel[grid](...)` from the real host wrappers in
-lnlatten_fast/ops/triton_conv.py and triton_attention.py) for the chosen GPU architecture.
+lnlatten_fast/ops/triton/) for the chosen GPU architecture.
 Triton's own compiler and its bundled ptxas build the cubins; they land in TRITON_CACHE_DIR
 like any other kernel (a real GPU of that arch with the same Triton and ptxas should compute
 the same cache keys; unverified, no GPU here).
@@ -48,7 +48,7 @@ How
 Patches (small, undone at exit; also listed in the report header):
 * `lnlatten_fast.ops.dispatch._AVAILABILITY[("triton", "meta")]`: backend resolution only
   knows "cpu" and "cuda"; this adds meta as usable for the triton backend.
-* `lnlatten_fast.ops.triton_conv._target_programs`: off CUDA it counts one SM, which would
+* `lnlatten_fast.ops.triton.conv3x3_backward._target_programs`: off CUDA it counts one SM, which would
   give the grad-weight kernels a different batch split (grid and B_PER_SPLIT argument) than on
   the target; patched to `_WEIGHT_GRAD_PROGRAMS_PER_SM x SM count of the target`.
 * aten.convolution output layout: torch's meta kernel always returns a contiguous output
@@ -481,29 +481,30 @@ def _make_interceptor(tracker: _Tracker, layers: dict):
 @contextlib.contextmanager
 def _patched(target_sms: int):
     """The report's patches of library internals (see the module docstring), undone on exit."""
-    from lnlatten_fast.ops import dispatch, triton_conv
+    from lnlatten_fast.ops import dispatch
+    from lnlatten_fast.ops.triton import conv3x3_backward
 
     key = ("triton", "meta")
     saved_availability = dispatch._AVAILABILITY.get(key)
-    saved_target_programs = triton_conv._target_programs
+    saved_target_programs = conv3x3_backward._target_programs
     # Backend resolution knows cpu and cuda only; the meta step is the triton backend's.
     dispatch._AVAILABILITY[key] = (True, "compile report: meta tensors, stand-in driver")
 
     # The grad-weight batch split the target GPU gets (off CUDA the library counts one SM).
     def target_programs(device):
-        return triton_conv._WEIGHT_GRAD_PROGRAMS_PER_SM * target_sms
+        return conv3x3_backward._WEIGHT_GRAD_PROGRAMS_PER_SM * target_sms
 
-    triton_conv._target_programs = target_programs
+    conv3x3_backward._target_programs = target_programs
     try:
         yield [
             "lnlatten_fast.ops.dispatch._AVAILABILITY[('triton', 'meta')] = usable (backend resolution knows cpu/cuda only)",
-            f"lnlatten_fast.ops.triton_conv._target_programs -> _WEIGHT_GRAD_PROGRAMS_PER_SM x {target_sms} SMs "
+            f"lnlatten_fast.ops.triton.conv3x3_backward._target_programs -> _WEIGHT_GRAD_PROGRAMS_PER_SM x {target_sms} SMs "
             "(grad-weight batch split of the target GPU; off CUDA the library counts 1 SM)",
             "aten.convolution on meta -> channels-last output when input or weight is channels-last "
             "(cuDNN's choice; torch's meta kernel always returns contiguous)",
         ]
     finally:
-        triton_conv._target_programs = saved_target_programs
+        conv3x3_backward._target_programs = saved_target_programs
         if saved_availability is None:
             dispatch._AVAILABILITY.pop(key, None)
         else:

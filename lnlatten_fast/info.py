@@ -17,11 +17,7 @@ def report() -> str:
         f"python {platform.python_version()}, torch {torch.__version__}, "
         f"CUDA device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}",
     ]
-    if native._C is None:
-        lines.append(f"native extension: not loaded ({native.IMPORT_ERROR})")
-    else:
-        lines.append(f"native extension: {native._C.__file__}")
-        lines.append(f"  build: {native._C.build_info()}")
+    lines.extend(native.build_report())
     lines.append("")
     lines.append("backend   dev  ok   why")
     for statuses in backends().values():

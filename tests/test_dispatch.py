@@ -1,7 +1,6 @@
 """The default backend `auto`: torch.compile(fullgraph=True) through it, its measured conv
 choice, device guards around every launch, and when `native` counts as usable on CUDA."""
 
-import warnings
 
 import pytest
 import torch
@@ -62,7 +61,7 @@ def test_fullgraph_inductor_compile_of_the_default_backend(monkeypatch, tmp_path
 def test_native_fakes_match_real_strides_for_transposed_inputs():
     """The model hands attention a transposed view (regions from a (B, D, n, n) map); the fakes
     must allocate as the real ops do (contiguous), not copy the input's strides."""
-    from lnlatten_fast.ops import native
+    from lnlatten_fast.ops.native import attention as native
 
     q, k, v = (torch.rand(2, 8, 4).transpose(1, 2) for _ in range(3))  # (2, 4, 8), strides (32, 1, 4)
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
@@ -139,7 +138,7 @@ class _ExtensionOnAnOldDriver:
 
 
 def test_native_is_not_usable_on_cuda_when_its_runtime_sees_no_device(monkeypatch):
-    from lnlatten_fast.ops import native
+    from lnlatten_fast.ops.native import extension as native
 
     monkeypatch.setattr(native, "_C", _ExtensionOnAnOldDriver())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # torch's own runtime works
@@ -232,15 +231,17 @@ def _every_op_forward_and_backward(backend, device):
 def test_every_kernel_launch_runs_under_its_tensors_device_guard(backend, monkeypatch):
     """CUDA launches go to the current device; each must run inside the guard of the device
     its tensors are on (else `--device cuda:1` launches on GPU 0)."""
-    from lnlatten_fast.ops import _device, native, triton_attention, triton_conv
+    from lnlatten_fast.ops import _device
+    from lnlatten_fast.ops.native import extension
+    from lnlatten_fast.ops.triton import attention, conv3x3, conv3x3_backward, patches
 
     recorder = _GuardRecorder()
     monkeypatch.setattr(_device, "launch_guard", recorder.guard)
     if backend == "native":
-        monkeypatch.setattr(native, "_C", _WatchedExtension(native._C, recorder))
+        monkeypatch.setattr(extension, "_C", _WatchedExtension(extension._C, recorder))
     else:
-        _watch_triton_launches(triton_conv, recorder, monkeypatch)
-        _watch_triton_launches(triton_attention, recorder, monkeypatch)
+        for module in (patches, conv3x3, conv3x3_backward, attention):
+            _watch_triton_launches(module, recorder, monkeypatch)
     _every_op_forward_and_backward(backend, DEVICE)
     assert recorder.launches >= 6  # the ops above really launched kernels of this backend
     assert recorder.unguarded_launches == []

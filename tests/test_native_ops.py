@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import lnlatten_fast as lf
 from helpers import assert_all_close, geometries, relative_error
-from lnlatten_fast.ops import native
+from lnlatten_fast.ops.native import extension as native
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

@@ -1,11 +1,11 @@
-"""The Triton L1 attention (lnlatten_fast.ops.triton_attention) against `reference`.
+"""The Triton L1 attention (lnlatten_fast.ops.triton.attention) against `reference`.
 
 On CPU the kernels run under Triton's interpreter (conftest sets TRITON_INTERPRET=1 before
 anything imports them). On a GPU machine run with TRITON_INTERPRET=0 to test the compiled
 kernels: the CPU cases then skip and the CUDA ones run (with TRITON_INTERPRET=1 CUDA tensors
 go through the interpreter too).
 
-Every output is allocated NaN-filled here (`_POISON_OUTPUTS`, see the `poisoned_outputs`
+Every output is allocated NaN-filled here (`ops._outputs.poisoned_outputs`, see the `poisoned`
 fixture), so an element a kernel forgets to write fails the comparison (NaN counts as an
 infinite error in `relative_error`).
 """
@@ -21,10 +21,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from lnlatten_fast.ops import reference
-from lnlatten_fast.ops import triton_attention as ta
+from lnlatten_fast.ops._outputs import new_output, poisoned_outputs
+from lnlatten_fast.ops.triton import _common
+from lnlatten_fast.ops.triton import attention as ta
 
-CPU_OK, CPU_REASON = ta.availability("cpu")
-CUDA_OK, CUDA_REASON = ta.availability("cuda")
+CPU_OK, CPU_REASON = _common.availability("cpu")
+CUDA_OK, CUDA_REASON = _common.availability("cuda")
 needs_cpu = pytest.mark.skipif(not CPU_OK, reason=CPU_REASON)
 needs_cuda = pytest.mark.skipif(not CUDA_OK, reason=CUDA_REASON)
 DEVICES = [pytest.param("cpu", marks=needs_cpu), pytest.param("cuda", marks=needs_cuda)]
@@ -32,10 +34,9 @@ LAYOUTS = ("contiguous", "transposed", "strided")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def poisoned_outputs():
-    previous, ta._POISON_OUTPUTS = ta._POISON_OUTPUTS, True
-    yield
-    ta._POISON_OUTPUTS = previous
+def poisoned():
+    with poisoned_outputs():
+        yield
 
 
 def with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -285,20 +286,20 @@ def test_compiled_fullgraph_matches_eager():
 # ---- availability -------------------------------------------------------------------------
 def test_availability_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    usable, reason = ta.availability("cpu")
+    usable, reason = _common.availability("cpu")
     assert not usable
     assert reason == (
         "Triton runs on CUDA tensors; set TRITON_INTERPRET=1 to run its interpreter on CPU "
         "(slow, for tests)"
     )
-    assert ta.availability("mps")[0] is False
+    assert _common.availability("mps")[0] is False
 
 
 def test_module_imports_without_triton():
     code = (
         "import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
-        "from lnlatten_fast.ops import triton_attention as ta\n"
-        "print(ta.availability('cpu'), ta.availability('cuda'))"
+        "from lnlatten_fast.ops.triton import _common\n"
+        "print(_common.availability('cpu'), _common.availability('cuda'))"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120)
@@ -308,7 +309,7 @@ def test_module_imports_without_triton():
 
 def test_poisoned_outputs_show_up():
     """The fixture's NaN fill is on, and a NaN counts as an infinite error."""
-    out = ta._new_output((2, 3), torch.empty(1))
+    out = new_output((2, 3), torch.float32, torch.device("cpu"))
     assert torch.isnan(out).all()
     assert relative_error(out, torch.zeros(2, 3)) == float("inf")
 

@@ -1,4 +1,4 @@
-"""The Triton local-branch kernels (lnlatten_fast.ops.triton_conv) against `reference`.
+"""The Triton local-branch kernels (lnlatten_fast.ops.triton: patches, conv3x3) against `reference`.
 
 Under the Triton interpreter on CPU (conftest sets TRITON_INTERPRET=1) every kernel is run
 program by program in Python, so shapes are tiny (M in {4, 9, 16}, patch <= 12, channels
@@ -8,7 +8,7 @@ paper shape) skip without a GPU.
 The reference runs in float64 on the same (already rounded) inputs and is cast to the tested
 dtype, so a bound measures the kernel's own error.
 
-NaN poisoning: the autouse fixture `poisoned_outputs` sets `triton_conv.POISON_OUTPUTS`, so
+NaN poisoning: the autouse fixture `poisoned` enters `ops._outputs.poisoned_outputs()`, so
 every output the wrappers allocate starts as NaN (int8 argmax: 7, an impossible index)
 instead of torch.empty; an element a kernel does not write makes `relative_error` infinite.
 `test_poisoning_catches_an_unwritten_output` shows that this fails a test.
@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,10 +29,19 @@ from hypothesis import strategies as st
 
 import lnlatten_fast as lf
 from lnlatten_fast.ops import reference
-from lnlatten_fast.ops import triton_conv as tc
+from lnlatten_fast.ops._outputs import poisoned_outputs
+from lnlatten_fast.ops.triton import _common, conv3x3, conv3x3_backward
+from lnlatten_fast.ops.triton import patches as triton_patches
+
+# The triton implementations, as the comparisons call them: fn(TRITON, ...) vs fn(reference, ...).
+TRITON = SimpleNamespace(
+    extract_patches=triton_patches.extract_patches, overlap_add=triton_patches.overlap_add,
+    patch_conv3x3=conv3x3.patch_conv3x3, grouped_conv3x3=conv3x3.grouped_conv3x3,
+)
+KERNEL_MODULES = (triton_patches, conv3x3, conv3x3_backward)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-USABLE, WHY = tc.availability(DEVICE)
+USABLE, WHY = _common.availability(DEVICE)
 needs_triton = pytest.mark.skipif(not USABLE, reason=WHY)
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -43,11 +53,10 @@ CONV_GEOMETRIES = geometries(max_patch=9, grids=(2, 3, 4))
 
 
 @pytest.fixture(scope="module", autouse=True)
-def poisoned_outputs():
+def poisoned():
     """Outputs born NaN (module scope: hypothesis rejects function-scoped fixtures)."""
-    tc.POISON_OUTPUTS = True
-    yield
-    tc.POISON_OUTPUTS = False
+    with poisoned_outputs():
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,7 +108,7 @@ def on_fresh_stack(fn):
 
 
 def against_reference(fn, inputs, dtype, seed):
-    """Forward + backward of fn(module, *inputs) with module = triton_conv and = reference
+    """Forward + backward of fn(module, *inputs) with module = TRITON and = reference
     (on a fresh stack, see on_fresh_stack).
 
     The reference gets float64 copies of the same inputs and the same upstream gradient.
@@ -110,7 +119,7 @@ def against_reference(fn, inputs, dtype, seed):
 
 def _against_reference(fn, inputs, dtype, seed):
     leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in inputs]
-    out = fn(tc, *leaves)
+    out = fn(TRITON, *leaves)
     gen = torch.Generator().manual_seed(seed)
     upstream = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype).to(out.device)
     out.backward(upstream)
@@ -137,23 +146,24 @@ def randn(*shape, dtype):
 # ---- availability -------------------------------------------------------------------------
 def test_availability_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert tc.availability("cpu") == (False, tc.INTERPRETER_HINT)
+    assert _common.availability("cpu") == (False, _common.INTERPRETER_HINT)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    usable, reason = tc.availability("cpu")
-    assert usable == (tc.IMPORT_ERROR is None), reason
-    assert not tc.availability("mps")[0]
+    usable, reason = _common.availability("cpu")
+    assert usable == (_common.IMPORT_ERROR is None), reason
+    assert not _common.availability("mps")[0]
     if not torch.cuda.is_available():
-        assert not tc.availability("cuda")[0]
+        assert not _common.availability("cuda")[0]
 
 
 def test_module_imports_without_triton():
     """availability() explains a missing triton instead of the import failing."""
     code = (
         "import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
-        "from lnlatten_fast.ops import triton_conv as tc\n"
-        "usable, reason = tc.availability('cuda')\n"
+        "import lnlatten_fast as lf\n"
+        "from lnlatten_fast.ops.triton import _common\n"
+        "usable, reason = _common.availability('cuda')\n"
         "assert not usable and 'triton' in reason, reason\n"
-        "assert not tc.availability('cpu')[0]\n"
+        "assert not lf.backends()['triton']['cpu'].usable\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
@@ -357,7 +367,7 @@ def test_float64_matches_to_rounding():
 @pytest.mark.parametrize("pool", [False, True])
 def test_weight_grad_batch_splits(monkeypatch, pool):
     """Force the two-stage (split batch) weight gradient, used on GPUs with many SMs."""
-    monkeypatch.setattr(tc, "_target_programs", lambda device: 10**6)
+    monkeypatch.setattr(conv3x3_backward, "_target_programs", lambda device: 10**6)
     h = torch.randn(3, 4, 5, 6, 6, device=DEVICE)
     weight = torch.randn(4, 3, 5, 3, 3, device=DEVICE)
     bias = torch.randn(4, 3, device=DEVICE)
@@ -379,7 +389,7 @@ def test_backward_is_deterministic():
     grads = []
     for _ in range(2):
         f9.grad = w.grad = None
-        tc.patch_conv3x3(f9, w, None, geom).backward(upstream)
+        TRITON.patch_conv3x3(f9, w, None, geom).backward(upstream)
         grads.append((f9.grad.clone(), w.grad.clone()))
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
@@ -391,18 +401,19 @@ class _NoLaunch:
 
 @needs_triton
 def test_empty_batch_launches_nothing(monkeypatch):
-    for name in dir(tc):
-        if name.endswith("_kernel"):
-            monkeypatch.setattr(tc, name, _NoLaunch())
+    for module in KERNEL_MODULES:
+        for name in dir(module):
+            if name.endswith("_kernel"):
+                monkeypatch.setattr(module, name, _NoLaunch())
     geom = lf.PatchGeometry(7, 2, 4, 3)
     f9 = torch.randn(0, 3, 7, 7, device=DEVICE, requires_grad=True)
     w1 = torch.randn(4, 5, 3, 3, 3, device=DEVICE, requires_grad=True)
     b1 = torch.randn(4, 5, device=DEVICE, requires_grad=True)
     w2 = torch.randn(4, 6, 5, 3, 3, device=DEVICE, requires_grad=True)
-    patches = tc.extract_patches(f9, geom)
-    back = tc.overlap_add(patches, geom)
-    h = tc.patch_conv3x3(f9, w1, b1, geom)
-    out = tc.grouped_conv3x3(h, w2, None, pool=True)
+    patches = TRITON.extract_patches(f9, geom)
+    back = TRITON.overlap_add(patches, geom)
+    h = TRITON.patch_conv3x3(f9, w1, b1, geom)
+    out = TRITON.grouped_conv3x3(h, w2, None, pool=True)
     assert patches.shape == (0, 4, 3, 4, 4) and back.shape == (0, 3, 7, 7)
     assert h.shape == (0, 4, 5, 4, 4) and out.shape == (0, 4, 6, 2, 2)
     (back.sum() + out.sum()).backward()
@@ -419,10 +430,10 @@ def test_poisoning_catches_an_unwritten_output(monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: None
 
-    monkeypatch.setattr(tc, "_conv3x3_fwd_kernel", _Skip())
+    monkeypatch.setattr(conv3x3, "_conv3x3_fwd_kernel", _Skip())
     h = torch.randn(1, 4, 2, 3, 3, device=DEVICE)
     w = torch.randn(4, 2, 2, 3, 3, device=DEVICE)
-    out = tc.grouped_conv3x3(h, w, None)
+    out = TRITON.grouped_conv3x3(h, w, None)
     assert torch.isnan(out).all()
     with pytest.raises(AssertionError):
         assert_all_close([out], [reference.grouped_conv3x3(h, w, None)], torch.float32)
@@ -472,9 +483,9 @@ def test_nan_propagates_through_the_fused_patch_conv():
 # ---- torch.compile ------------------------------------------------------------------------
 def _all_ops(geom):
     def fn(f9, w1, b1, w2, b2):
-        back = tc.overlap_add(tc.extract_patches(f9, geom), geom)
-        h = tc.patch_conv3x3(f9, w1, b1, geom, relu=True)
-        h = tc.grouped_conv3x3(h, w2, b2, relu=True, pool=True)
+        back = TRITON.overlap_add(TRITON.extract_patches(f9, geom), geom)
+        h = TRITON.patch_conv3x3(f9, w1, b1, geom, relu=True)
+        h = TRITON.grouped_conv3x3(h, w2, b2, relu=True, pool=True)
         return back.sum() + h.square().sum()
 
     return fn
@@ -520,11 +531,11 @@ def test_opcheck_custom_ops():
     b = torch.randn(4, 3, device=DEVICE)
     h = torch.randn(1, 4, 2, 4, 4, device=DEVICE)
     cases = [
-        (tc._extract, (f9, 2, 4, 3)),
-        (tc._overlap_add, (torch.randn(1, 4, 2, 4, 4, device=DEVICE), 2, 4, 3)),
-        (tc._patch_conv, (f9, w, b, 2, 4, 3, True)),
-        (tc._grouped_conv, (h, w, None, True, True)),
-        (tc._grouped_conv_grad_weight, (torch.randn(1, 4, 3, 2, 2, device=DEVICE),
+        (triton_patches._extract, (f9, 2, 4, 3)),
+        (triton_patches._overlap_add, (torch.randn(1, 4, 2, 4, 4, device=DEVICE), 2, 4, 3)),
+        (conv3x3._patch_conv, (f9, w, b, 2, 4, 3, True)),
+        (conv3x3._grouped_conv, (h, w, None, True, True)),
+        (conv3x3_backward._grouped_conv_grad_weight, (torch.randn(1, 4, 3, 2, 2, device=DEVICE),
                                         torch.zeros(1, 4, 3, 2, 2, dtype=torch.int8, device=DEVICE),
                                         h, True, True, True)),
     ]
@@ -540,7 +551,7 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from lnlatten_fast.ops import triton_conv as tc
+from lnlatten_fast.ops.triton import conv3x3, conv3x3_backward, patches
 
 target = GPUTarget("cuda", 90, 32)
 failures = []
@@ -552,32 +563,32 @@ def compile_(label, kernel, pointers, constexprs, options):
     except Exception as error:
         failures.append(f"{label}: {error}")
 
-conv = tc._launch_options()
+conv = conv3x3.launch_options()
 for dt, ptr, acc in (("bf16", "*bf16", tl.float32), ("fp32", "*fp32", tl.float32)):
     for pool in (False, True):
         if dt == "fp32" and pool:
             continue
         flags = {"RELU": True, "POOL": pool, "WINDOWED": not pool, "ACC": acc, "PRECISION": "ieee"}
         aux = "*i8" if pool else ptr
-        compile_(f"fwd {dt} pool={pool}", tc._conv3x3_fwd_kernel,
+        compile_(f"fwd {dt} pool={pool}", conv3x3._conv3x3_fwd_kernel,
                  {"x_ptr": ptr, "w_ptr": ptr, "bias_ptr": ptr, "out_ptr": ptr, "idx_ptr": "*i8"},
                  {**flags, "HAS_BIAS": True, "BLOCK_PIX": 32 if pool else 128, "BLOCK_CO": 64,
                   "BLOCK_K": 32}, conv)
-        compile_(f"grad input {dt} pool={pool}", tc._conv3x3_bwd_input_kernel,
+        compile_(f"grad input {dt} pool={pool}", conv3x3_backward._conv3x3_bwd_input_kernel,
                  {"g_ptr": ptr, "aux_ptr": aux, "w_ptr": ptr, "dx_ptr": ptr},
                  {**flags, "BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_CI": 64, "BLOCK_K": 32}, conv)
-        compile_(f"grad weight {dt} pool={pool}", tc._conv3x3_bwd_weight_kernel,
+        compile_(f"grad weight {dt} pool={pool}", conv3x3_backward._conv3x3_bwd_weight_kernel,
                  {"x_ptr": ptr, "g_ptr": ptr, "aux_ptr": aux, "dw_ptr": "*fp32", "db_ptr": "*fp32"},
                  {**flags, "HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": 64, "BLOCK_PIX": 64}, conv)
-compile_("extract", tc._extract_kernel, {"f9_ptr": "*bf16", "out_ptr": "*bf16"}, {"BLOCK": 1024}, {})
-compile_("overlap_add", tc._overlap_add_kernel, {"p_ptr": "*bf16", "out_ptr": "*bf16"},
+compile_("extract", patches._extract_kernel, {"f9_ptr": "*bf16", "out_ptr": "*bf16"}, {"BLOCK": 1024}, {})
+compile_("overlap_add", patches._overlap_add_kernel, {"p_ptr": "*bf16", "out_ptr": "*bf16"},
          {"ACC": tl.float32, "BLOCK": 1024}, {})
 print("\n".join(failures))
 sys.exit(1 if failures else 0)
 """
 
 
-@pytest.mark.skipif(tc.IMPORT_ERROR is not None, reason="needs triton")
+@pytest.mark.skipif(_common.IMPORT_ERROR is not None, reason="needs triton")
 def test_kernels_compile_for_sm90(tmp_path):
     """The interpreter accepts code the GPU compiler rejects (it took `ky: tl.constexpr = t // 3`
     inside a static_range). Compile the bf16 and fp32 variants to sm_90a cubins with Triton's

@@ -10,7 +10,7 @@ import torch
 
 from ..geometry import PatchGeometry
 from . import _checks
-from .dispatch import BackendStatus, backends, conv_backend, measured_choices, resolve
+from .dispatch import BackendStatus, backends, conv_backend, implementation, measured_choices
 from .stacked import stacked_conv2d
 
 __all__ = [
@@ -69,13 +69,13 @@ def extract_patches(f9: torch.Tensor, geom: PatchGeometry, backend: str = "auto"
     Its adjoint (and backward) is `overlap_add`.
     """
     _checks.check_feature_map(f9, geom)
-    return resolve(backend, f9.device).extract_patches(f9, geom)
+    return implementation("extract_patches", backend, f9.device)(f9, geom)
 
 
 def overlap_add(patches: torch.Tensor, geom: PatchGeometry, backend: str = "auto") -> torch.Tensor:
     """Put (B, M, C, P, P) windows back on the (B, C, H, W) map, summing where they overlap."""
     _checks.check_patches(patches, geom)
-    return resolve(backend, patches.device).overlap_add(patches, geom)
+    return implementation("overlap_add", backend, patches.device)(patches, geom)
 
 
 def patch_conv3x3(
@@ -98,8 +98,8 @@ def patch_conv3x3(
         inputs = (f9, weight, bias)
         key = _conv_key(*inputs, geom.grid, geom.patch, geom.stride, relu)
         backend = conv_backend("patch_conv3x3", key, f9.device, lambda name: _run_for_timing(
-            lambda x, w, b: resolve(name, f9.device).patch_conv3x3(x, w, b, geom, relu=relu), inputs))
-    return resolve(backend, f9.device).patch_conv3x3(f9, weight, bias, geom, relu=relu)
+            lambda x, w, b: implementation("patch_conv3x3", name, f9.device)(x, w, b, geom, relu=relu), inputs))
+    return implementation("patch_conv3x3", backend, f9.device)(f9, weight, bias, geom, relu=relu)
 
 
 def grouped_conv3x3(
@@ -124,8 +124,8 @@ def grouped_conv3x3(
         inputs = (h, weight, bias)
         key = _conv_key(*inputs, relu, pool)
         backend = conv_backend("grouped_conv3x3", key, h.device, lambda name: _run_for_timing(
-            lambda x, w, b: resolve(name, h.device).grouped_conv3x3(x, w, b, relu=relu, pool=pool), inputs))
-    return resolve(backend, h.device).grouped_conv3x3(h, weight, bias, relu=relu, pool=pool)
+            lambda x, w, b: implementation("grouped_conv3x3", name, h.device)(x, w, b, relu=relu, pool=pool), inputs))
+    return implementation("grouped_conv3x3", backend, h.device)(h, weight, bias, relu=relu, pool=pool)
 
 
 def l1_nonlocal_attention(
@@ -139,4 +139,4 @@ def l1_nonlocal_attention(
     """
     _checks.check_attention_inputs(q, k, v)
     q, k, v = _follow_autocast(q.device, q, k, v)
-    return resolve(backend, q.device).l1_nonlocal_attention(q, k, v)
+    return implementation("l1_nonlocal_attention", backend, q.device)(q, k, v)

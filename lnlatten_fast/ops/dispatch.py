@@ -1,11 +1,13 @@
-"""Backend selection: which implementation of an op runs for a tensor on a device.
+"""Backend selection: which registered implementation of an op runs for a tensor on a device.
 
-`reference` always runs. `native` needs the compiled extension (with CUDA for CUDA tensors).
-`triton` needs Triton and either a CUDA device or TRITON_INTERPRET=1 for CPU tensors.
-`auto` takes the fastest usable one per device: triton, then native, then reference on CUDA;
-native, then reference on CPU. For the convolutions on CUDA, `auto` does not assume Triton
-beats cuDNN: the first call of each shape times both and remembers the winner
-(`measured_choices()`, also printed by `python -m lnlatten_fast.info`).
+Everything here is read off the registry (`ops.registry`): which backends exist, what each
+implements, whether it can run on a device type (probed once at import: that does not change
+during a process, and plain dict lookups keep resolution traceable by torch.compile) and
+`auto`'s order per device type: on CUDA triton, native, reference; on CPU native, reference.
+
+For the convolutions on CUDA, `auto` does not assume Triton beats cuDNN: the first eager call
+of each shape times every candidate and remembers the winner (`measured_choices()`, also
+printed by `python -m lnlatten_fast.info`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import BACKENDS
-from . import native, reference, triton_attention, triton_conv
+from . import native, reference, registry, triton  # noqa: F401  (importing registers the backends)
+from .registry import DEVICE_TYPES
 
-DEVICE_TYPES = ("cpu", "cuda")
-_AUTO_ORDER = {"cuda": ("triton", "native", "reference"), "cpu": ("native", "reference")}
+__all__ = [
+    "BackendStatus", "availability", "backends", "resolve_name", "implementation",
+    "conv_backend", "measured_choices", "conv_candidates",
+]
 
 
 @dataclass(frozen=True)
@@ -34,43 +38,43 @@ class BackendStatus:
         return f"{self.backend:9s} {self.device:4s} {'yes' if self.usable else 'no ':3s}  {self.reason}"
 
 
-def _triton_availability(device_type: str) -> tuple[bool, str]:
-    for module in (triton_conv, triton_attention):
-        usable, reason = module.availability(device_type)
-        if not usable:
-            return False, reason
-    return True, reason
-
-
 def _probe(backend: str, device_type: str) -> tuple[bool, str]:
     if device_type == "cuda" and not torch.cuda.is_available():
         return False, "no CUDA device visible to torch"
-    if backend == "reference":
-        return True, "pure PyTorch (ground truth)"
-    if backend == "native":
-        return native.availability(device_type)
-    return _triton_availability(device_type)
+    return registry.backend(backend).availability(device_type)
 
 
-# Probed once at import: what can run does not change during a process, and a plain dict
-# lookup keeps backend resolution traceable by torch.compile without graph breaks.
 _AVAILABILITY = {
-    (name, dev): _probe(name, dev) for name in BACKENDS if name != "auto" for dev in DEVICE_TYPES
+    (name, dev): _probe(name, dev) for name in registry.registered_backends() for dev in DEVICE_TYPES
+}
+# auto's candidates per device type, best first (usable or not: availability decides later).
+_AUTO_ORDER = {
+    dev: tuple(sorted(
+        (name for name in registry.registered_backends() if dev in registry.backend(name).auto_rank),
+        key=lambda name, dev=dev: registry.backend(name).auto_rank[dev],
+    ))
+    for dev in DEVICE_TYPES
 }
 
 
 def availability(backend: str, device_type: str) -> tuple[bool, str]:
-    if backend not in BACKENDS or backend == "auto":
-        raise ValueError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
+    if backend not in registry.registered_backends():
+        raise ValueError(f"backend must be one of {registry.registered_backends()}, got {backend!r}")
     return _AVAILABILITY.get((backend, device_type), (False, f"unknown device type {device_type!r}"))
+
+
+def _auto_choice(device_type: str) -> str:
+    for name in _AUTO_ORDER.get(device_type, ()):
+        if availability(name, device_type)[0]:
+            return name
+    return "reference"
 
 
 def backends() -> dict[str, dict[str, BackendStatus]]:
     """Every backend on every device type: usable here or not, and why."""
     table = {
         name: {dev: BackendStatus(name, dev, *availability(name, dev)) for dev in DEVICE_TYPES}
-        for name in BACKENDS
-        if name != "auto"
+        for name in registry.registered_backends()
     }
     table["auto"] = {}
     for dev in DEVICE_TYPES:
@@ -80,17 +84,10 @@ def backends() -> dict[str, dict[str, BackendStatus]]:
     return table
 
 
-def _auto_choice(device_type: str) -> str:
-    for name in _AUTO_ORDER.get(device_type, ("reference",)):
-        if availability(name, device_type)[0]:
-            return name
-    return "reference"
-
-
 def resolve_name(backend: str, device: torch.device) -> str:
     """The backend that runs for tensors on `device` (`auto` resolved); raises if it cannot."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto" and backend not in registry.registered_backends():
+        raise ValueError(f"backend must be one of {('auto', *registry.registered_backends())}, got {backend!r}")
     device = torch.device(device)
     if backend == "auto":
         backend = _auto_choice(device.type)
@@ -100,32 +97,26 @@ def resolve_name(backend: str, device: torch.device) -> str:
     return backend
 
 
-class _TritonBackend:
-    """The `triton` backend's op set: convolutions and copies from triton_conv, attention from
-    triton_attention."""
-
-    extract_patches = staticmethod(triton_conv.extract_patches)
-    overlap_add = staticmethod(triton_conv.overlap_add)
-    patch_conv3x3 = staticmethod(triton_conv.patch_conv3x3)
-    grouped_conv3x3 = staticmethod(triton_conv.grouped_conv3x3)
-    l1_nonlocal_attention = staticmethod(triton_attention.l1_nonlocal_attention)
-
-
-_MODULES = {"reference": reference, "native": native, "triton": _TritonBackend}
-
-
-def resolve(backend: str, device: torch.device):
-    """The module implementing `backend` for tensors on `device`."""
-    return _MODULES[resolve_name(backend, device)]
+def implementation(op: str, backend: str, device: torch.device):
+    """The function implementing `op` on `backend` (`auto` resolved) for tensors on `device`."""
+    return registry.implementation(op, resolve_name(backend, device))
 
 
 # ---- measured choice for the convolutions on CUDA ----------------------------------------
 _MEASURED: dict[tuple, str] = {}
-CONV_CANDIDATES = ("triton", "native")  # native = cuDNN grouped conv after extraction
+
+
+def conv_candidates(op: str) -> tuple[str, ...]:
+    """What `auto` times for a conv on CUDA: every backend it ranks there that implements the
+    op, except the reference (never the fast path)."""
+    return tuple(
+        name for name in _AUTO_ORDER["cuda"]
+        if name != "reference" and (op, name) in registry.implementations(op)
+    )
 
 
 def measured_choices() -> dict[tuple, str]:
-    """(op, shapes, dtype, flags) -> the backend `auto` measured fastest for it."""
+    """(op, per-image shapes, dtype, flags) -> the backend `auto` measured fastest for it."""
     return dict(_MEASURED)
 
 
@@ -152,7 +143,7 @@ def conv_backend(op: str, key: tuple, device: torch.device, run, timer=_time_onc
     if device.type != "cuda" or torch.compiler.is_compiling():
         return _MEASURED.get(full_key, _auto_choice(device.type))
     if full_key not in _MEASURED:
-        usable = [name for name in CONV_CANDIDATES if availability(name, device.type)[0]]
+        usable = [name for name in conv_candidates(op) if availability(name, device.type)[0]]
         if len(usable) == 1:
             _MEASURED[full_key] = usable[0]
         else:

@@ -13,17 +13,20 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import PatchGeometry
+from .registry import register, register_backend
 
 # F.normalize's default epsilon: a row of R~ that is all zero stays zero instead of NaN.
 L1_NORM_EPS = 1e-12
 
 
+@register("extract_patches", "reference")
 def extract_patches(f9: torch.Tensor, geom: PatchGeometry) -> torch.Tensor:
     """(B, C, H, W) -> (B, M, C, P, P), windows in row-major grid order."""
     p = geom.patch
     return torch.stack([f9[:, :, r : r + p, c : c + p] for r, c in geom.origins()], dim=1)
 
 
+@register("overlap_add", "reference")
 def overlap_add(patches: torch.Tensor, geom: PatchGeometry) -> torch.Tensor:
     """Adjoint of `extract_patches`: each window added back at its place, overlaps summed."""
     size, p = geom.image_size, geom.patch
@@ -34,6 +37,7 @@ def overlap_add(patches: torch.Tensor, geom: PatchGeometry) -> torch.Tensor:
     return torch.stack(placed, dim=0).sum(dim=0)
 
 
+@register("grouped_conv3x3", "reference")
 def grouped_conv3x3(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -53,6 +57,7 @@ def grouped_conv3x3(
     return torch.stack(outputs, dim=1)
 
 
+@register("patch_conv3x3", "reference")
 def patch_conv3x3(
     f9: torch.Tensor,
     weight: torch.Tensor,
@@ -64,6 +69,7 @@ def patch_conv3x3(
     return grouped_conv3x3(extract_patches(f9, geom), weight, bias, relu=relu)
 
 
+@register("l1_nonlocal_attention", "reference")
 def l1_nonlocal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,3 +91,10 @@ def _autocast_off(device: torch.device):
     if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def availability(device_type: str) -> tuple[bool, str]:
+    return True, "pure PyTorch (ground truth)"
+
+
+register_backend("reference", availability, auto_rank={"cuda": 2, "cpu": 1})
