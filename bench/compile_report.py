@@ -2,7 +2,11 @@
 """GPU compile check without a GPU: every Triton kernel of one training step, compiled for a named arch.
 
     python bench/compile_report.py --arch sm_90a --preset paper --batch 64 --dtypes bf16[,fp16,fp32] --out DIR
-        [--image-size N]
+        [--image-size N] [--step model|ops]
+
+`--step ops` compiles each op the registry lists for the triton backend on its own (forward and
+backward, at the preset's shapes, pooled and unpooled convs), including ops the model's step
+does not launch (extract_patches, overlap_add); the op contract tests run it.
 
 What it does
 ------------
@@ -142,6 +146,7 @@ ARCHS = {
 }
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
 PRESETS = ("tiny", "paper")
+STEPS = ("model", "ops")
 
 
 class _UsageError(Exception):
@@ -153,7 +158,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         match = re.match(r"unrecognized arguments: (.*)", message)
         if match:
-            raise _UsageError(f"{match.group(1)}: expected only --arch, --preset, --batch, --dtypes, --out, --image-size")
+            raise _UsageError(f"{match.group(1)}: expected only --arch, --preset, --batch, --dtypes, --out, --image-size, --step")
         match = re.match(r"argument (\S+): (.*)", message)
         if match:
             raise _UsageError(f"{match.group(1).split('/')[0]}: expected a value ({match.group(2)})")
@@ -164,7 +169,10 @@ def parse_args(argv):
     parser = _Parser(description=__doc__.split("\n")[0], add_help=True)
     for flag in ("--arch", "--preset", "--batch", "--dtypes", "--out", "--image-size"):
         parser.add_argument(flag)
+    parser.add_argument("--step", default="model")
     args = parser.parse_args(argv)
+    if args.step not in STEPS:
+        raise _UsageError(f"--step {args.step}: expected one of {', '.join(STEPS)}")
     for flag in ("arch", "preset", "batch", "dtypes", "out"):
         if getattr(args, flag) is None:
             raise _UsageError(f"--{flag}: expected a value (required)")
@@ -344,6 +352,8 @@ def simplenet_layers(cfg) -> dict:
 
 
 def layer_of(opname: str, args, layers: dict):
+    if not layers:  # ops alone (--step ops): no model layer to name
+        return None
     if opname.startswith("triton_patch_conv3x3"):
         return 1
     if opname == "triton_grouped_conv3x3":
@@ -529,6 +539,61 @@ def run_step(cfg, batch: int, dtype_name: str, tracker: _Tracker, layers: dict) 
         logits = model(x).logits
         loss = lf.lnl_loss(logits.float(), target, model)  # as the trainer: fp32 loss
         loss.backward()
+
+
+def op_cases(cfg, batch: int, dtype):
+    """{op: [(label, call)]}: each op of the triton backend alone at the preset's shapes, as the
+    model calls it (channels-last F9, widths of the first SimpleNet layers, attention_dim)."""
+    import torch
+
+    import lnlatten_fast as lf
+
+    geom = cfg.geometry
+    c0, c1 = cfg.unet_widths[0], cfg.simplenet_widths[0]
+
+    def leaf(*shape, channels_last=False):
+        t = torch.empty(*shape, device="meta", dtype=dtype)
+        if channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t.requires_grad_(True)
+
+    f9 = lambda: leaf(batch, c0, cfg.image_size, cfg.image_size, channels_last=True)  # noqa: E731
+    windows = lambda: leaf(batch, geom.num_patches, c0, geom.patch, geom.patch)  # noqa: E731
+    qkv = lambda: leaf(batch, geom.num_patches, cfg.attention_dim)  # noqa: E731
+    weight = lambda c_out, c_in: (leaf(geom.num_patches, c_out, c_in, 3, 3), leaf(geom.num_patches, c_out))  # noqa: E731
+    return {
+        "extract_patches": [("", lambda: lf.ops.extract_patches(f9(), geom, backend="triton"))],
+        "overlap_add": [("", lambda: lf.ops.overlap_add(windows(), geom, backend="triton"))],
+        "patch_conv3x3": [("", lambda: lf.ops.patch_conv3x3(f9(), *weight(c1, c0), geom, backend="triton"))],
+        "grouped_conv3x3": [
+            (f"pool={pool}", lambda pool=pool: lf.ops.grouped_conv3x3(windows(), *weight(c1, c0), pool=pool, backend="triton"))
+            for pool in (False, True)
+        ],
+        "l1_nonlocal_attention": [("", lambda: lf.ops.l1_nonlocal_attention(qkv(), qkv(), qkv(), backend="triton"))],
+    }
+
+
+def run_ops(cfg, batch: int, dtype_name: str, tracker: _Tracker, layers: dict) -> None:
+    """Every op registered for the triton backend, alone: forward and backward on meta tensors.
+    An op the registry lists without a case here is a failure (a new op must be compiled too)."""
+    import torch
+
+    from lnlatten_fast.ops import registry
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    tracker.dtype = dtype_name
+    cases = op_cases(cfg, batch, dtype)
+    for op, backend in registry.implementations():
+        if backend != "triton":
+            continue
+        if op not in cases:
+            tracker.fail(f"({op})", "no compile case for this op in bench/compile_report.py op_cases()")
+            continue
+        for _label, call in cases[op]:
+            with _make_interceptor(tracker, {}):
+                out = call()
+                outputs = out if isinstance(out, tuple) else (out,)
+                torch.autograd.backward([o.float().sum() for o in outputs])
 
 
 # ---- per-binary analysis ------------------------------------------------------------------------
@@ -732,7 +797,8 @@ def render_markdown(report: dict) -> str:
         f"stride {cfg['stride']}, SimpleNet widths {','.join(map(str, cfg['simplenet_widths']))}), batch {report['batch']}, "
         f"dtypes {','.join(report['dtypes'])}",
         f"- triton {report['triton_version']} ({report['ptxas']}), torch {report['torch_version']}; "
-        f"{len(report['kernels'])} binaries, {report['launch_count']} launches in one training step (forward + backward)",
+        f"{len(report['kernels'])} binaries, {report['launch_count']} launches in "
+        + ("one training step (forward + backward)" if report["step"] == "model" else "each triton op alone (forward + backward)"),
         "- step: model on meta tensors cast to the dtype, channels-last; custom ops' real host wrappers "
         "called through a dispatch mode; a stand-in driver records launches",
         "- patched: " + "; ".join(report["patches"]),
@@ -800,9 +866,10 @@ def run_report(args) -> int:
         knobs.nvidia.dump_ptxas_log = True  # the ptxas -v log of each fresh build (not a cache-key input)
         # The stand-in stays active to the end: compiled kernels call its unload_module when
         # they are freed, and reset_active() would look for a real CUDA driver.
+        step = run_step if args.step == "model" else run_ops
         for dtype_name in args.dtypes:
             try:
-                run_step(cfg, args.batch, dtype_name, tracker, layers)
+                step(cfg, args.batch, dtype_name, tracker, layers)
             except Exception as error:  # noqa: BLE001 - reported, then the exit status says so
                 # Failures inside an op were caught by the interceptor: this is the model itself.
                 tracker.op = None
@@ -819,6 +886,7 @@ def run_report(args) -> int:
         "capability": spec.capability,
         "limits": dataclasses.asdict(spec),
         "preset": args.preset,
+        "step": args.step,
         "batch": args.batch,
         "dtypes": args.dtypes,
         "config": {"image_size": cfg.image_size, "num_patches": geom.num_patches, "patch": geom.patch,

@@ -10,27 +10,41 @@
 #include <limits>
 #include <string>
 
+#include "dtype_codes.h"
+
 namespace lnlatten {
 
 namespace py = pybind11;
 
-// dtype codes of the ABI.
-enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
-
 [[noreturn]] inline void value_error(const std::string& msg) { throw py::value_error(msg); }
 
+inline bool is_cpu_dtype(int dtype) {
+  for (const DType d : kCpuDTypes) {
+    if (d == dtype) return true;
+  }
+  return false;
+}
+
 inline void check_cpu_dtype(int dtype) {
-  if (dtype != kFloat32 && dtype != kFloat64) {
-    value_error("CPU kernels support float32/float64; got dtype code " + std::to_string(dtype));
+  if (!is_cpu_dtype(dtype)) {
+    std::string names;  // "float32/float64"
+    for (const DType d : kCpuDTypes) {
+      if (!names.empty()) names += "/";
+      names += dtype_name(d);
+    }
+    value_error("CPU kernels support " + names + "; got dtype code " + std::to_string(dtype));
   }
 }
 
 inline void check_cuda_dtype(int dtype) {
-  if (dtype < kFloat32 || dtype > kBFloat16) {
-    value_error(
-        "CUDA kernels support dtype codes 0 (float32), 1 (float64), 2 (float16), "
-        "3 (bfloat16); got dtype code " +
-        std::to_string(dtype));
+  if (dtype_name(dtype) == nullptr) {
+    std::string codes;  // "0 (float32), 1 (float64), ..."
+    for (const DTypeCode& d : kDTypeCodes) {
+      if (!codes.empty()) codes += ", ";
+      codes += std::to_string(d.code) + " (" + d.name + ")";
+    }
+    value_error("CUDA kernels support dtype codes " + codes + "; got dtype code " +
+                std::to_string(dtype));
   }
 }
 

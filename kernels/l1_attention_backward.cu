@@ -177,16 +177,16 @@ const char* launch_l1_attention_backward(int dtype, const void* q, const void* k
   if (M > kMaxAttentionM) return "M exceeds the CUDA attention kernel limit (64)";
   auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case 0:
+    case kFloat32:
       return backward_typed<float>(q, k, v, grad_s, grad_w, grad_q, grad_k, grad_v, B, M, D, eps,
                                    st);
-    case 1:
+    case kFloat64:
       return backward_typed<double>(q, k, v, grad_s, grad_w, grad_q, grad_k, grad_v, B, M, D, eps,
                                     st);
-    case 2:
+    case kFloat16:
       return backward_typed<__half>(q, k, v, grad_s, grad_w, grad_q, grad_k, grad_v, B, M, D, eps,
                                     st);
-    case 3:
+    case kBFloat16:
       return backward_typed<__nv_bfloat16>(q, k, v, grad_s, grad_w, grad_q, grad_k, grad_v, B, M,
                                            D, eps, st);
     default:

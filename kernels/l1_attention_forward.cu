@@ -128,13 +128,13 @@ const char* launch_l1_attention_forward(int dtype, const void* q, const void* k,
   if (M > kMaxAttentionM) return "M exceeds the CUDA attention kernel limit (64)";
   auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case 0:
+    case kFloat32:
       return forward_typed<float>(q, k, v, s, w, B, M, D, eps, st);
-    case 1:
+    case kFloat64:
       return forward_typed<double>(q, k, v, s, w, B, M, D, eps, st);
-    case 2:
+    case kFloat16:
       return forward_typed<__half>(q, k, v, s, w, B, M, D, eps, st);
-    case 3:
+    case kBFloat16:
       return forward_typed<__nv_bfloat16>(q, k, v, s, w, B, M, D, eps, st);
     default:
       return "unsupported dtype code";

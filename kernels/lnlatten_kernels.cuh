@@ -4,8 +4,8 @@
 // pybind11 wrappers in csrc/ can include it with the host compiler alone.
 //
 // Conventions (all launchers):
-//   * dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16 (accumulation in
-//     float for 0/2/3 and double for 1).
+//   * dtype: a code of csrc/dtype_codes.h, kFloat32, kFloat64, kFloat16 or
+//     kBFloat16 (accumulation in double for kFloat64, in float otherwise).
 //   * sizes/strides are int64 element counts; arguments are pre-validated.
 //   * stream: a cudaStream_t passed as void* (nullptr = legacy default stream).
 //   * kernels are launched asynchronously on `stream`, on the current device.
@@ -14,6 +14,8 @@
 #pragma once
 
 #include <cstdint>
+
+#include "dtype_codes.h"  // csrc/: the dtype codes shared with the C++ side
 
 namespace lnlatten {
 namespace cuda {

@@ -135,12 +135,12 @@ const char* launch_extract_patches(int dtype, const void* src, void* dst, int64_
                                    int64_t stride, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case 0:
+    case kFloat32:
       return extract_typed<uint32_t>(src, dst, B, C, sB, sC, sH, sW, grid, patch, stride, st);
-    case 1:
+    case kFloat64:
       return extract_typed<uint64_t>(src, dst, B, C, sB, sC, sH, sW, grid, patch, stride, st);
-    case 2:
-    case 3:
+    case kFloat16:
+    case kBFloat16:
       return extract_typed<uint16_t>(src, dst, B, C, sB, sC, sH, sW, grid, patch, stride, st);
     default:
       return "unsupported dtype code";
@@ -152,13 +152,13 @@ const char* launch_overlap_add(int dtype, const void* src, void* dst, int64_t B,
                                void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case 0:
+    case kFloat32:
       return overlap_add_typed<float>(src, dst, B, C, H, W, grid, patch, stride, st);
-    case 1:
+    case kFloat64:
       return overlap_add_typed<double>(src, dst, B, C, H, W, grid, patch, stride, st);
-    case 2:
+    case kFloat16:
       return overlap_add_typed<__half>(src, dst, B, C, H, W, grid, patch, stride, st);
-    case 3:
+    case kBFloat16:
       return overlap_add_typed<__nv_bfloat16>(src, dst, B, C, H, W, grid, patch, stride, st);
     default:
       return "unsupported dtype code";

@@ -22,6 +22,9 @@ def test_extension_is_installed():
     assert lf.backends()["native"]["cpu"].usable
     info = native._C.build_info()
     assert set(info) >= {"cuda", "openmp", "compiler", "cuda_arch"}
+    # The ABI's dtype codes (csrc/dtype_codes.h), which the Python side reads from _C.
+    assert native._C.DTYPE_CODES == {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
+    assert tuple(native._C.CPU_DTYPES) == ("float32", "float64")
 
 
 def test_extension_found_from_a_checkout():

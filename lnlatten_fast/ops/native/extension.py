@@ -53,11 +53,13 @@ def _load_extension():
 # Without the build the package stays usable on `reference`; backends() says why.
 _C, IMPORT_ERROR = _load_extension()
 
-# Without the build the package stays usable on `reference`; backends() says why.
-_C, IMPORT_ERROR = _load_extension()
-
-_DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-_CPU_DTYPES = (torch.float32, torch.float64)
+# torch dtype -> _C's dtype code, and the dtypes its CPU kernels take: both from _C itself
+# (csrc/dtype_codes.h is the one list).
+if _C is not None:
+    _DTYPE_CODE = {getattr(torch, name): code for name, code in _C.DTYPE_CODES.items()}
+    _CPU_DTYPES = tuple(getattr(torch, name) for name in _C.CPU_DTYPES)
+else:
+    _DTYPE_CODE, _CPU_DTYPES = {}, ()
 
 
 def dtype_code(dtype: torch.dtype) -> int:

@@ -1,7 +1,9 @@
-// CPU reference/fast kernels (OpenMP). Plain C++: no Python, no torch.
+// CPU patch kernels: extraction of the overlapping windows and its adjoint,
+// overlap-add (OpenMP, deterministic). Plain C++: no Python, no torch.
 //
 // All arguments are assumed validated by the caller (see validation.h).
-// `dtype` is 0 (float32) or 1 (float64). Sizes and strides are in elements.
+// `dtype` is one of kCpuDTypes (dtype_codes.h: float32 or float64). Sizes and
+// strides are in elements.
 #pragma once
 
 #include <cstdint>
@@ -21,18 +23,6 @@ void extract_patches(int dtype, const void* src, void* dst, int64_t B, int64_t C
 // (gy, gx) ascending order.
 void overlap_add(int dtype, const void* src, void* dst, int64_t B, int64_t C, int64_t H,
                  int64_t W, int64_t grid, int64_t patch, int64_t stride);
-
-// q, k, v (B, M, D) contiguous -> s (B, M, D), w (B, M).
-void l1_attention_forward(int dtype, const void* q, const void* k, const void* v, void* s,
-                          void* w, int64_t B, int64_t M, int64_t D, double eps);
-
-// grad_s (B, M, D) / grad_w (B, M) contiguous; either may be nullptr (= zeros).
-void l1_attention_backward(int dtype, const void* q, const void* k, const void* v,
-                           const void* grad_s, const void* grad_w, void* grad_q, void* grad_k,
-                           void* grad_v, int64_t B, int64_t M, int64_t D, double eps);
-
-int max_threads();
-void set_num_threads(int n);
 
 }  // namespace cpu
 }  // namespace lnlatten

@@ -1,158 +1,4 @@
-// CPU kernels for lnlatten_fast._C (OpenMP-parallel, deterministic).
-//
-// Patch loops are written in "axpy" form (inner loop over a contiguous row, no
-// reductions in the innermost loop) so that the compiler vectorises them at
-// plain -O3 without -ffast-math and without -march. The attention kernels are
-// register-blocked vector micro-kernels instead (see the section comment).
-#include "cpu_kernels.h"
-
-#include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <cstdlib>
-#include <cstring>
-#include <new>
-#include <type_traits>
-#include <vector>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-namespace lnlatten {
-namespace cpu {
-
-namespace {
-
-// Below this many output elements the OpenMP fork/join costs more than it saves.
-constexpr int64_t kParallelGrain = 1 << 15;
-
-std::atomic<int> g_num_threads{0};  // 0: OpenMP default
-
-inline int num_threads() {
-#ifdef _OPENMP
-  const int n = g_num_threads.load(std::memory_order_relaxed);
-  return n > 0 ? n : omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-template <typename T>
-inline T sgn(T x) {
-  return static_cast<T>((x > T(0)) - (x < T(0)));
-}
-
-// ---------------------------------------------------------------------------
-// Patch extraction
-// ---------------------------------------------------------------------------
-template <typename T>
-void extract_patches_impl(const T* src, T* dst, int64_t B, int64_t C, int64_t sB, int64_t sC,
-                          int64_t sH, int64_t sW, int64_t grid, int64_t P, int64_t stride) {
-  const int64_t M = grid * grid;
-  const int64_t PP = P * P;
-  const int64_t total = B * M * C * PP;
-  const bool par = total >= kParallelGrain;
-  const int nthreads = num_threads();
-  (void)par;
-  (void)nthreads;
-
-  const int64_t asC = sC < 0 ? -sC : sC;
-  const int64_t asW = sW < 0 ? -sW : sW;
-  const bool channels_last = C > 1 && asC < asW;
-
-  if (!channels_last) {
-    // One (b, m, c) window per iteration; contiguous writes of P*P elements.
-    const int64_t n_blocks = B * M * C;
-#pragma omp parallel for schedule(static) if (par) num_threads(nthreads)
-    for (int64_t n = 0; n < n_blocks; ++n) {
-      const int64_t c = n % C;
-      const int64_t bm = n / C;
-      const int64_t m = bm % M;
-      const int64_t b = bm / M;
-      const int64_t gy = m / grid;
-      const int64_t gx = m - gy * grid;
-      const T* s = src + b * sB + c * sC + gy * stride * sH + gx * stride * sW;
-      T* d = dst + n * PP;
-      if (sW == 1) {
-        for (int64_t y = 0; y < P; ++y) {
-          std::memcpy(d + y * P, s + y * sH, static_cast<size_t>(P) * sizeof(T));
-        }
-      } else {
-        for (int64_t y = 0; y < P; ++y) {
-          const T* sy = s + y * sH;
-          T* dy = d + y * P;
-          for (int64_t x = 0; x < P; ++x) dy[x] = sy[x * sW];
-        }
-      }
-    }
-  } else {
-    // Channels-last style source: one (b, m, y) window row per iteration,
-    // reading C contiguous channels per pixel.
-    const int64_t n_rows = B * M * P;
-#pragma omp parallel for schedule(static) if (par) num_threads(nthreads)
-    for (int64_t n = 0; n < n_rows; ++n) {
-      const int64_t y = n % P;
-      const int64_t bm = n / P;
-      const int64_t m = bm % M;
-      const int64_t b = bm / M;
-      const int64_t gy = m / grid;
-      const int64_t gx = m - gy * grid;
-      const T* s = src + b * sB + (gy * stride + y) * sH + gx * stride * sW;
-      T* d = dst + bm * C * PP + y * P;
-      for (int64_t x = 0; x < P; ++x) {
-        const T* sx = s + x * sW;
-        T* dx = d + x;
-        for (int64_t c = 0; c < C; ++c) dx[c * PP] = sx[c * sC];
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Overlap-add (adjoint of extraction), gather formulation
-// ---------------------------------------------------------------------------
-template <typename T>
-void overlap_add_impl(const T* src, T* dst, int64_t B, int64_t C, int64_t H, int64_t W,
-                      int64_t grid, int64_t P, int64_t stride) {
-  const int64_t M = grid * grid;
-  const int64_t PP = P * P;
-  const int64_t n_rows = B * C * H;
-  const bool par = n_rows * W >= kParallelGrain;
-  const int nthreads = num_threads();
-  (void)par;
-  (void)nthreads;
-
-  // One output row (b, c, h) per iteration. Every pixel of the row receives
-  // the contributions of the windows covering it in (gy, gx) ascending order,
-  // exactly like a per-pixel gather, but the inner loop is a contiguous add.
-#pragma omp parallel for schedule(static) if (par) num_threads(nthreads)
-  for (int64_t n = 0; n < n_rows; ++n) {
-    const int64_t h = n % H;
-    const int64_t bc = n / H;
-    const int64_t c = bc % C;
-    const int64_t b = bc / C;
-    T* __restrict__ out = dst + n * W;
-    std::fill(out, out + W, T(0));
-
-    // Windows gy with gy*stride <= h < gy*stride + P.
-    const int64_t gy_lo = h >= P ? (h - P) / stride + 1 : 0;
-    const int64_t gy_hi = std::min<int64_t>(h / stride, grid - 1);
-    for (int64_t gy = gy_lo; gy <= gy_hi; ++gy) {
-      const int64_t wy = h - gy * stride;
-      const T* row0 = src + (((b * M + gy * grid) * C + c) * P + wy) * P;
-      for (int64_t gx = 0; gx < grid; ++gx) {
-        const T* __restrict__ sr = row0 + gx * C * PP;
-        T* __restrict__ o = out + gx * stride;
-        for (int64_t x = 0; x < P; ++x) o[x] += sr[x];
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
-// L1-normalised attention
-// ---------------------------------------------------------------------------
+// CPU L1-normalised attention, forward and backward (declared in attention.h).
 //
 // Per batch the op is two kinds of small-by-tall product on row-major (M x D)
 // operands, M small (16 at the paper shape) and D long (512):
@@ -174,6 +20,23 @@ void overlap_add_impl(const T* src, T* dst, int64_t B, int64_t C, int64_t H, int
 // compiled as a whole for its target; in the AVX2 copy GCC contracts
 // `acc += x * y` into FMAs. Results do not depend on the thread count, but
 // the two copies round differently (last bits).
+#include "cpu/attention.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/parallel.h"
+
+namespace lnlatten {
+namespace cpu {
+
+namespace {
 
 #if defined(__GNUC__) || defined(__clang__)
 #define LNL_INLINE inline __attribute__((always_inline))
@@ -379,6 +242,11 @@ LNL_INLINE void mm_cols(const T* A, int64_t ai, int64_t aj, const T* X, int64_t 
   } else if constexpr (!std::is_same_v<V, T>) {
     mm_cols<T, T, RI, 1>(A, ai, aj, X + t, m, n, ld, width - t, O + t);
   }
+}
+
+template <class T>
+inline T sgn(T x) {
+  return static_cast<T>((x > T(0)) - (x < T(0)));
 }
 
 template <class T>
@@ -591,66 +459,41 @@ void l1_attention_backward_impl(const T* q, const T* k, const T* v, const T* gra
 
 }  // namespace
 
-// ---------------------------------------------------------------------------
-// dtype dispatch
-// ---------------------------------------------------------------------------
-void extract_patches(int dtype, const void* src, void* dst, int64_t B, int64_t C, int64_t /*H*/,
-                     int64_t /*W*/, int64_t sB, int64_t sC, int64_t sH, int64_t sW, int64_t grid,
-                     int64_t patch, int64_t stride) {
-  if (dtype == 1) {
-    extract_patches_impl(static_cast<const double*>(src), static_cast<double*>(dst), B, C, sB, sC,
-                         sH, sW, grid, patch, stride);
-  } else {
-    extract_patches_impl(static_cast<const float*>(src), static_cast<float*>(dst), B, C, sB, sC,
-                         sH, sW, grid, patch, stride);
-  }
-}
-
-void overlap_add(int dtype, const void* src, void* dst, int64_t B, int64_t C, int64_t H,
-                 int64_t W, int64_t grid, int64_t patch, int64_t stride) {
-  if (dtype == 1) {
-    overlap_add_impl(static_cast<const double*>(src), static_cast<double*>(dst), B, C, H, W, grid,
-                     patch, stride);
-  } else {
-    overlap_add_impl(static_cast<const float*>(src), static_cast<float*>(dst), B, C, H, W, grid,
-                     patch, stride);
-  }
-}
-
 void l1_attention_forward(int dtype, const void* q, const void* k, const void* v, void* s,
                           void* w, int64_t B, int64_t M, int64_t D, double eps) {
-  if (dtype == 1) {
-    l1_attention_forward_impl(static_cast<const double*>(q), static_cast<const double*>(k),
-                              static_cast<const double*>(v), static_cast<double*>(s),
-                              static_cast<double*>(w), B, M, D, eps);
-  } else {
-    l1_attention_forward_impl(static_cast<const float*>(q), static_cast<const float*>(k),
-                              static_cast<const float*>(v), static_cast<float*>(s),
-                              static_cast<float*>(w), B, M, D, static_cast<float>(eps));
-  }
+  dispatch_cpu_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    l1_attention_forward_impl(static_cast<const T*>(q), static_cast<const T*>(k),
+                              static_cast<const T*>(v), static_cast<T*>(s), static_cast<T*>(w), B,
+                              M, D, static_cast<T>(eps));
+  });
 }
 
 void l1_attention_backward(int dtype, const void* q, const void* k, const void* v,
                            const void* grad_s, const void* grad_w, void* grad_q, void* grad_k,
                            void* grad_v, int64_t B, int64_t M, int64_t D, double eps) {
-  if (dtype == 1) {
-    l1_attention_backward_impl(
-        static_cast<const double*>(q), static_cast<const double*>(k),
-        static_cast<const double*>(v), static_cast<const double*>(grad_s),
-        static_cast<const double*>(grad_w), static_cast<double*>(grad_q),
-        static_cast<double*>(grad_k), static_cast<double*>(grad_v), B, M, D, eps);
-  } else {
-    l1_attention_backward_impl(
-        static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
-        static_cast<const float*>(grad_s), static_cast<const float*>(grad_w),
-        static_cast<float*>(grad_q), static_cast<float*>(grad_k), static_cast<float*>(grad_v), B,
-        M, D, static_cast<float>(eps));
-  }
+  dispatch_cpu_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    l1_attention_backward_impl(static_cast<const T*>(q), static_cast<const T*>(k),
+                               static_cast<const T*>(v), static_cast<const T*>(grad_s),
+                               static_cast<const T*>(grad_w), static_cast<T*>(grad_q),
+                               static_cast<T*>(grad_k), static_cast<T*>(grad_v), B, M, D,
+                               static_cast<T>(eps));
+  });
 }
 
-int max_threads() { return num_threads(); }
-
-void set_num_threads(int n) { g_num_threads.store(n > 0 ? n : 0, std::memory_order_relaxed); }
+const char* attention_kernels() {
+#if LNL_AVX2_DISPATCH
+  if (use_avx2()) return "avx2+fma";
+#endif
+#if !LNL_HAVE_VECTOR_EXT
+  return "portable (scalar)";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "portable (32-byte vectors)";
+#else
+  return "portable (16-byte vectors)";
+#endif
+}
 
 }  // namespace cpu
 }  // namespace lnlatten
