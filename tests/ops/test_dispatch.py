@@ -254,7 +254,7 @@ def test_test_session_interprets_triton_only_without_a_gpu(tmp_path):
     import subprocess
     import sys
 
-    conftest = os.path.join(os.path.dirname(__file__), "conftest.py")
+    conftest = os.path.join(os.path.dirname(os.path.dirname(__file__)), "conftest.py")  # tests/
     probe = (
         "import runpy, sys, torch\n"
         f"torch.cuda.is_available = lambda: {{}}\n"

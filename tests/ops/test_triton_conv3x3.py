@@ -1,9 +1,11 @@
-"""The Triton local-branch kernels (lnlatten_fast.ops.triton: patches, conv3x3) against `reference`.
+"""The Triton convolution kernels' own pinned cases (lnlatten_fast.ops.triton.conv3x3), against
+`reference`. The checks every implementation gets (random shapes per dtype, layouts, opcheck,
+gradcheck, determinism, compile) are in tests/ops/test_contract.py; these are the cases that
+reach into this backend's kernels: pool ties and dead ReLUs, NaN, wide channels, batch splits
+of the weight gradient, odd large shapes, and the CUDA-only paper shape.
 
 Under the Triton interpreter on CPU (conftest sets TRITON_INTERPRET=1) every kernel is run
-program by program in Python, so shapes are tiny (M in {4, 9, 16}, patch <= 12, channels
-<= 16, batch <= 3) and hypothesis draws few examples per test. The CUDA-only tests (bf16,
-paper shape) skip without a GPU.
+program by program in Python, so shapes are tiny. The CUDA-only tests skip without a GPU.
 
 The reference runs in float64 on the same (already rounded) inputs and is cast to the tested
 dtype, so a bound measures the kernel's own error.
@@ -14,7 +16,6 @@ instead of torch.empty; an element a kernel does not write makes `relative_error
 `test_poisoning_catches_an_unwritten_output` shows that this fails a test.
 """
 
-import os
 import subprocess
 import sys
 import threading
@@ -23,9 +24,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TOLERANCE, assert_all_close, geometries, relative_error
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from helpers import TOLERANCE, assert_all_close, relative_error
 
 import lnlatten_fast as lf
 from lnlatten_fast.ops import reference
@@ -45,16 +44,11 @@ USABLE, WHY = _common.availability(DEVICE)
 needs_triton = pytest.mark.skipif(not USABLE, reason=WHY)
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-DTYPES = [torch.float32, torch.float16]  # bf16: CUDA only (the interpreter's bf16 tl.dot is wrong)
-CHANNELS = st.sampled_from([1, 3, 5, 16])  # includes non-multiples of the 16-wide K chunk
-# M in {4, 9, 16}; patches up to 9 in the random draws (the interpreter's cost grows with the
-# image), the largest test shapes (patch 11-12, batch 3) in test_largest_test_shapes.
-CONV_GEOMETRIES = geometries(max_patch=9, grids=(2, 3, 4))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def poisoned():
-    """Outputs born NaN (module scope: hypothesis rejects function-scoped fixtures)."""
+    """Outputs born NaN for the whole module."""
     with poisoned_outputs():
         yield
 
@@ -171,58 +165,7 @@ def test_module_imports_without_triton():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-# ---- extract_patches / overlap_add --------------------------------------------------------
-@needs_triton
-@settings(max_examples=12)
-@given(geometries(max_patch=12), st.integers(0, 3), st.integers(1, 5),
-       st.sampled_from(DTYPES + [torch.float64]), st.booleans(), st.integers(0, 2**31))
-def test_extract_patches(geom, batch, channels, dtype, cl, seed):
-    torch.manual_seed(seed)
-    f9 = randn(batch, channels, geom.image_size, geom.image_size, dtype=dtype)
-    if cl:
-        f9 = channels_last(f9)
-    got, expected = against_reference(lambda ops, x: ops.extract_patches(x, geom), [f9], dtype, seed)
-    assert torch.equal(got[0], expected[0])  # a copy is exact
-    assert got[0].is_contiguous()
-    assert_each_close(got[1:], expected[1:], dtype)  # backward: overlap-add
-
-
-@needs_triton
-@settings(max_examples=12)
-@given(geometries(max_patch=12), st.integers(1, 3), st.integers(1, 5),
-       st.sampled_from(DTYPES + [torch.float64]), st.integers(0, 2**31))
-def test_overlap_add(geom, batch, channels, dtype, seed):
-    torch.manual_seed(seed)
-    patches = randn(batch, geom.num_patches, channels, geom.patch, geom.patch, dtype=dtype)
-    got, expected = against_reference(lambda ops, p: ops.overlap_add(p, geom), [patches], dtype, seed)
-    assert_each_close(got[:1], expected[:1], dtype)
-    assert torch.equal(got[1], expected[1])  # backward: extraction, exact
-
-
 # ---- patch_conv3x3 ------------------------------------------------------------------------
-@needs_triton
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("relu", [True, False])
-@settings(max_examples=3)
-@given(CONV_GEOMETRIES, st.integers(1, 2), CHANNELS, CHANNELS, st.booleans(), st.booleans(),
-       st.integers(0, 2**31))
-def test_patch_conv3x3(relu, dtype, geom, batch, c_in, c_out, cl, with_bias, seed):
-    torch.manual_seed(seed)
-    m = geom.num_patches
-    f9 = randn(batch, c_in, geom.image_size, geom.image_size, dtype=dtype)
-    if cl:
-        f9 = channels_last(f9)
-    weight = randn(m, c_out, c_in, 3, 3, dtype=dtype) / (3 * c_in**0.5)
-    bias = randn(m, c_out, dtype=dtype) if with_bias else None
-
-    def fn(ops, x, w, b):
-        return ops.patch_conv3x3(x, w, b, geom, relu=relu)
-
-    got, expected = against_reference(fn, [f9, weight, bias], dtype, seed)
-    assert got[0].shape == (batch, m, c_out, geom.patch, geom.patch) and got[0].is_contiguous()
-    assert_each_close(got, expected, dtype)  # output, grad F9, grad weight (, grad bias)
-
-
 def test_patch_conv_pads_at_the_patch_border_not_with_neighbours():
     """Sanity of the comparison: with overlapping windows, padding a window with its
     neighbours' pixels gives a different result, so test_patch_conv3x3 can tell them apart."""
@@ -236,29 +179,6 @@ def test_patch_conv_pads_at_the_patch_border_not_with_neighbours():
 
 
 # ---- grouped_conv3x3 ----------------------------------------------------------------------
-@needs_triton
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pool", [True, False])
-@pytest.mark.parametrize("relu", [True, False])
-@settings(max_examples=2)
-@given(st.sampled_from([4, 9, 16]), st.integers(1, 2), st.integers(2, 9), st.integers(2, 9),
-       CHANNELS, CHANNELS, st.booleans(), st.booleans(), st.integers(0, 2**31))
-def test_grouped_conv3x3(relu, pool, dtype, m, batch, height, width, c_in, c_out, cl, with_bias, seed):
-    torch.manual_seed(seed)
-    h = randn(batch, m, c_in, height, width, dtype=dtype)
-    if cl:
-        h = channels_last(h)
-    weight = randn(m, c_out, c_in, 3, 3, dtype=dtype) / (3 * c_in**0.5)
-    bias = randn(m, c_out, dtype=dtype) if with_bias else None
-
-    def fn(ops, x, w, b):
-        return ops.grouped_conv3x3(x, w, b, relu=relu, pool=pool)
-
-    got, expected = against_reference(fn, [h, weight, bias], dtype, seed)
-    assert got[0].is_contiguous()
-    assert_each_close(got, expected, dtype)  # output, grad h, grad weight (, grad bias)
-
-
 @needs_triton
 @pytest.mark.parametrize("relu", [True, False])
 def test_pool_backward_with_ties_and_dead_relu(relu):
@@ -303,7 +223,7 @@ def test_largest_test_shapes():
     assert_each_close(got, expected, torch.float16)
 
 
-# ---- wide channels, float64, bfloat16, batch splits, determinism, empty batch --------------
+# ---- wide channels, float64, bfloat16, batch splits, empty batch ---------------------------
 @needs_triton
 @pytest.mark.parametrize("pool", [False, True])
 def test_wide_channels(pool):
@@ -377,21 +297,6 @@ def test_weight_grad_batch_splits(monkeypatch, pool):
 
     got, expected = against_reference(fn, [h, weight, bias], torch.float32, seed=1)
     assert_each_close(got, expected, torch.float32)
-
-
-@needs_triton
-def test_backward_is_deterministic():
-    """Gather formulation, fixed-order reductions: bitwise identical gradients."""
-    geom = lf.PatchGeometry(10, 3, 4, 3)
-    f9 = torch.randn(2, 3, 10, 10, device=DEVICE, requires_grad=True)
-    w = torch.randn(9, 4, 3, 3, 3, device=DEVICE, requires_grad=True)
-    upstream = torch.randn(2, 9, 4, 4, 4, device=DEVICE)
-    grads = []
-    for _ in range(2):
-        f9.grad = w.grad = None
-        TRITON.patch_conv3x3(f9, w, None, geom).backward(upstream)
-        grads.append((f9.grad.clone(), w.grad.clone()))
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 class _NoLaunch:
@@ -478,129 +383,6 @@ def test_nan_propagates_through_the_fused_patch_conv():
         lambda ops, x, w, b: ops.patch_conv3x3(x, w, b, geom, relu=True), [f9, w, b], dtype, seed=6)
     assert torch.isnan(got[0]).any()
     _assert_same_nans_and_close(got, expected, dtype)
-
-
-# ---- torch.compile ------------------------------------------------------------------------
-def _all_ops(geom):
-    def fn(f9, w1, b1, w2, b2):
-        back = TRITON.overlap_add(TRITON.extract_patches(f9, geom), geom)
-        h = TRITON.patch_conv3x3(f9, w1, b1, geom, relu=True)
-        h = TRITON.grouped_conv3x3(h, w2, b2, relu=True, pool=True)
-        return back.sum() + h.square().sum()
-
-    return fn
-
-
-def _all_ops_inputs():
-    torch.manual_seed(0)
-    shapes = [(1, 2, 7, 7), (4, 3, 2, 3, 3), (4, 3), (4, 2, 3, 3, 3), (4, 2)]
-    return [torch.randn(*s, device=DEVICE, requires_grad=True) for s in shapes]
-
-
-@needs_triton
-def test_dynamo_explain_has_no_graph_breaks():
-    geom = lf.PatchGeometry(7, 2, 4, 3)
-    torch._dynamo.reset()
-    explanation = torch._dynamo.explain(_all_ops(geom))(*_all_ops_inputs())
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    assert explanation.graph_count == 1
-
-
-@needs_triton
-def test_compiled_forward_and_backward_match_eager():
-    """fullgraph compile through AOT autograd: exercises every fake and the backward ops."""
-    geom = lf.PatchGeometry(7, 2, 4, 3)
-    torch._dynamo.reset()
-    compiled = torch.compile(_all_ops(geom), backend="aot_eager", fullgraph=True)
-    results = []
-    for fn in (_all_ops(geom), compiled):
-        inputs = _all_ops_inputs()
-        loss = fn(*inputs)
-        loss.backward()
-        results.append([loss.detach()] + [t.grad for t in inputs])
-    for a, b in zip(*results):
-        assert relative_error(a, b) < 1e-6
-
-
-@needs_triton
-def test_opcheck_custom_ops():
-    """torch.library.opcheck: schema, fake tensors and autograd registration of each op."""
-    torch.manual_seed(0)
-    f9 = torch.randn(1, 2, 7, 7, device=DEVICE)
-    w = torch.randn(4, 3, 2, 3, 3, device=DEVICE)
-    b = torch.randn(4, 3, device=DEVICE)
-    h = torch.randn(1, 4, 2, 4, 4, device=DEVICE)
-    cases = [
-        (triton_patches._extract, (f9, 2, 4, 3)),
-        (triton_patches._overlap_add, (torch.randn(1, 4, 2, 4, 4, device=DEVICE), 2, 4, 3)),
-        (conv3x3._patch_conv, (f9, w, b, 2, 4, 3, True)),
-        (conv3x3._grouped_conv, (h, w, None, True, True)),
-        (conv3x3_backward._grouped_conv_grad_weight, (torch.randn(1, 4, 3, 2, 2, device=DEVICE),
-                                        torch.zeros(1, 4, 3, 2, 2, dtype=torch.int8, device=DEVICE),
-                                        h, True, True, True)),
-    ]
-    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
-    for op, args in cases:
-        torch.library.opcheck(op, args, test_utils=utils)
-
-
-# ---- GPU compilation without a GPU -------------------------------------------------------
-_COMPILE_FOR_SM90 = r"""
-import os, sys
-import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from lnlatten_fast.ops.triton import conv3x3, conv3x3_backward, patches
-
-target = GPUTarget("cuda", 90, 32)
-failures = []
-
-def compile_(label, kernel, pointers, constexprs, options):
-    sig = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in kernel.arg_names}
-    try:
-        triton.compile(ASTSource(kernel, sig, constexprs), target=target, options=options)
-    except Exception as error:
-        failures.append(f"{label}: {error}")
-
-conv = conv3x3.launch_options()
-for dt, ptr, acc in (("bf16", "*bf16", tl.float32), ("fp32", "*fp32", tl.float32)):
-    for pool in (False, True):
-        if dt == "fp32" and pool:
-            continue
-        flags = {"RELU": True, "POOL": pool, "WINDOWED": not pool, "ACC": acc, "PRECISION": "ieee"}
-        aux = "*i8" if pool else ptr
-        compile_(f"fwd {dt} pool={pool}", conv3x3._conv3x3_fwd_kernel,
-                 {"x_ptr": ptr, "w_ptr": ptr, "bias_ptr": ptr, "out_ptr": ptr, "idx_ptr": "*i8"},
-                 {**flags, "HAS_BIAS": True, "BLOCK_PIX": 32 if pool else 128, "BLOCK_CO": 64,
-                  "BLOCK_K": 32}, conv)
-        compile_(f"grad input {dt} pool={pool}", conv3x3_backward._conv3x3_bwd_input_kernel,
-                 {"g_ptr": ptr, "aux_ptr": aux, "w_ptr": ptr, "dx_ptr": ptr},
-                 {**flags, "BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_CI": 64, "BLOCK_K": 32}, conv)
-        compile_(f"grad weight {dt} pool={pool}", conv3x3_backward._conv3x3_bwd_weight_kernel,
-                 {"x_ptr": ptr, "g_ptr": ptr, "aux_ptr": aux, "dw_ptr": "*fp32", "db_ptr": "*fp32"},
-                 {**flags, "HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": 64, "BLOCK_PIX": 64}, conv)
-compile_("extract", patches._extract_kernel, {"f9_ptr": "*bf16", "out_ptr": "*bf16"}, {"BLOCK": 1024}, {})
-compile_("overlap_add", patches._overlap_add_kernel, {"p_ptr": "*bf16", "out_ptr": "*bf16"},
-         {"ACC": tl.float32, "BLOCK": 1024}, {})
-print("\n".join(failures))
-sys.exit(1 if failures else 0)
-"""
-
-
-@pytest.mark.skipif(_common.IMPORT_ERROR is not None, reason="needs triton")
-def test_kernels_compile_for_sm90(tmp_path):
-    """The interpreter accepts code the GPU compiler rejects (it took `ky: tl.constexpr = t // 3`
-    inside a static_range). Compile the bf16 and fp32 variants to sm_90a cubins with Triton's
-    bundled ptxas, in a process without TRITON_INTERPRET; no GPU needed."""
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
-        timeout=600, check=False,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
 # ---- CUDA only ----------------------------------------------------------------------------

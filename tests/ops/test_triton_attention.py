@@ -230,59 +230,6 @@ def test_empty_batch_launches_nothing(device, monkeypatch):
     assert q.grad.shape == k.grad.shape == v.grad.shape == (0, 5, 7)
 
 
-# ---- autograd and torch.compile -----------------------------------------------------------
-@needs_cpu
-def test_gradcheck_float64():
-    # float64 runs through the interpreter's tl.dot (NumPy float64); on a GPU Triton lowers
-    # float64 tl.dot too, but that path is unmeasured.
-    gen = torch.Generator().manual_seed(0)
-    leaf = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_(True)
-    # Full Jacobians on a small case (~6 s in the interpreter), a random projection on a larger one.
-    assert torch.autograd.gradcheck(ta.l1_nonlocal_attention, tuple(leaf(2, 3, 4) for _ in range(3)))
-    assert torch.autograd.gradcheck(
-        ta.l1_nonlocal_attention, tuple(leaf(3, 6, 70) for _ in range(3)), fast_mode=True
-    )
-
-
-@needs_cpu
-@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
-def test_opcheck(layout):
-    """Schema, fake kernels (shapes and strides) and autograd registration agree with the real ops."""
-    q, k, v, gs = (with_layout(torch.randn(2, 5, 7), layout) for _ in range(4))
-    torch.library.opcheck(torch.ops.lnlatten_fast.triton_l1_attention.default, (q, k, v))
-    torch.library.opcheck(
-        torch.ops.lnlatten_fast.triton_l1_attention_backward.default,
-        (q, k, v, gs, torch.randn(2, 5)),
-        test_utils=("test_schema", "test_faketensor"),
-    )
-
-
-@needs_cpu
-def test_dynamo_explain_no_graph_breaks():
-    def fn(q, k, v):
-        s, w = ta.l1_nonlocal_attention(q, k, v)
-        return s.sum() + w.sum()
-
-    explanation = torch._dynamo.explain(fn)(*(torch.rand(2, 4, 6) for _ in range(3)))
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    assert explanation.graph_count == 1
-
-
-@needs_cpu
-def test_compiled_fullgraph_matches_eager():
-    torch._dynamo.reset()
-    inputs, grads = random_case(2, 6, 9, torch.float32, "cpu", nonnegative=False, seed=5)
-    compiled = torch.compile(ta.l1_nonlocal_attention, fullgraph=True, backend="aot_eager")
-    results = []
-    for fn in (compiled, ta.l1_nonlocal_attention):
-        leaves = [t.detach().requires_grad_(True) for t in inputs]
-        outs = fn(*leaves)
-        torch.autograd.backward(outs, grads)
-        results.append([*outs, *(t.grad for t in leaves)])
-    for got, expected in zip(*results):
-        assert torch.equal(got, expected)
-
-
 # ---- availability -------------------------------------------------------------------------
 def test_availability_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
