@@ -1,4 +1,4 @@
-"""native vs reference on CPU, paper shapes, B = 64, forward + backward.
+"""Every implementation that runs on this CPU, side by side, paper shapes, B = 64, forward + backward.
 
     pytest bench/bench_native_cpu.py --benchmark-group-by=param:op
 
@@ -15,9 +15,15 @@ import pytest
 import torch
 
 import lnlatten_fast as lf
+from lnlatten_fast.ops import registry
 
 BATCH = 64
 GEOM = lf.PatchGeometry.for_image(144, num_patches=16, overlap=16)
+
+
+def cpu_backends(op):
+    """The registered implementations of `op` that run on this CPU (the registry is the list)."""
+    return [b for _, b in registry.implementations(op) if lf.backends()[b]["cpu"].usable]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,7 @@ def qkv():
     return [torch.rand(BATCH, 16, 512) for _ in range(3)]
 
 
-@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("backend", cpu_backends("extract_patches"))
 def test_extract_overlap_add_fwd_bwd(benchmark, f9, backend):
     benchmark.group = "extract_patches fwd + bwd (overlap-add)"
     x = f9.clone().requires_grad_(True)
@@ -43,14 +49,14 @@ def test_extract_overlap_add_fwd_bwd(benchmark, f9, backend):
     benchmark.pedantic(step, rounds=5, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("backend", cpu_backends("overlap_add"))
 def test_overlap_add_fwd(benchmark, f9, backend):
     benchmark.group = "overlap_add fwd"
     patches = lf.ops.extract_patches(f9, GEOM, backend="reference")
     benchmark.pedantic(lambda: lf.ops.overlap_add(patches, GEOM, backend=backend), rounds=5, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("backend", cpu_backends("l1_nonlocal_attention"))
 def test_l1_attention_fwd_bwd(benchmark, qkv, backend):
     benchmark.group = "l1_nonlocal_attention fwd + bwd"
     leaves = [t.clone().requires_grad_(True) for t in qkv]

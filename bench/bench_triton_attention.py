@@ -15,15 +15,16 @@ overhead (2 launches for fwd + bwd against ~20 for the reference op sequence).
 import pytest
 import torch
 
-from lnlatten_fast.ops import reference
+from lnlatten_fast.ops import reference, registry
 from lnlatten_fast.ops.triton import _common
-from lnlatten_fast.ops.triton import attention as ta
 
 BATCH, REGIONS, DIM = 64, 16, 512
 DEVICE, DTYPE = "cuda", torch.bfloat16
-IMPLS = {"triton": ta.l1_nonlocal_attention, "reference": reference.l1_nonlocal_attention}
+# Every registered implementation (the registry is the provider list).
+IMPLS = {backend: registry.implementation("l1_nonlocal_attention", backend)
+         for _, backend in registry.implementations("l1_nonlocal_attention")}
 
-_usable, _reason = ta.availability("cuda")
+_usable, _reason = _common.availability("cuda")
 pytestmark = [
     pytest.mark.skipif(not _usable, reason=f"needs CUDA for Triton: {_reason}"),
     pytest.mark.skipif(_common.INTERPRETED, reason="TRITON_INTERPRET=1: the interpreter is not benchmarked"),
@@ -40,7 +41,7 @@ def inputs():
     qkv = [t.to(device=DEVICE, dtype=DTYPE) for t in (q, k, v)]
     grads = [t.to(device=DEVICE, dtype=DTYPE) for t in (grad_s, grad_w)]
     # Compile the kernels and check them once before timing anything.
-    s, w = ta.l1_nonlocal_attention(*qkv)
+    s, w = IMPLS["triton"](*qkv)
     s_ref, w_ref = reference.l1_nonlocal_attention(*qkv)
     assert (s.float() - s_ref.float()).norm() <= 2e-2 * s_ref.float().norm()
     assert (w.float() - w_ref.float()).norm() <= 2e-2 * w_ref.float().norm()

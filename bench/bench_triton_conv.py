@@ -1,4 +1,4 @@
-"""Triton local-branch convolutions vs cuDNN grouped conv vs the reference loop (CUDA only).
+"""Every registered implementation of the SimpleNet convolutions, side by side (CUDA only).
 
     pytest bench/bench_triton_conv.py --benchmark-group-by=group
 
@@ -8,7 +8,7 @@ Paper shapes, bfloat16: B = 64 images, F9 of 64 x 144 x 144, M = 16 windows of 4
 
 (a) first layer alone (patch conv 64 -> 64 + ReLU on every window):
     triton    - windows read straight from F9, bias + ReLU fused (no window tensor);
-    cudnn     - explicit extraction (one strided copy, 302 MB) + F.conv2d(groups=M) on
+    native    - explicit extraction (one strided copy, 302 MB) + cuDNN's grouped conv on
                 (B, M*C, P, P) + ReLU;
     reference - lnlatten_fast.ops.reference (extraction, then one conv per window).
 (b) the whole SimpleNet ensemble (6 convs, 3 pools), same three implementations; triton fuses
@@ -25,12 +25,10 @@ torch.cuda.synchronize(), so the time is the GPU's, not the launch queue's.
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import lnlatten_fast as lf
-from lnlatten_fast.ops import reference
+from lnlatten_fast.ops import registry
 from lnlatten_fast.ops.triton import _common
-from lnlatten_fast.ops.triton import conv3x3 as tc
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: needs a GPU to time the Triton kernels"),
@@ -46,33 +44,14 @@ DTYPE = torch.bfloat16
 GEOM = lf.PatchGeometry.for_image(144, num_patches=16)  # P = 48, stride 32
 M = GEOM.num_patches
 PEAK_FLOPS = 990e12
-IMPLS = ("triton", "cudnn", "reference")
 
 
-# ---- the cuDNN path: explicit windows + one grouped conv ----------------------------------
-def cudnn_extract(f9: torch.Tensor) -> torch.Tensor:
-    p, s = GEOM.patch, GEOM.stride
-    windows = f9.unfold(2, p, s).unfold(3, p, s)  # (B, C, n, n, P, P), a view
-    return windows.permute(0, 2, 3, 1, 4, 5).reshape(f9.shape[0], M, f9.shape[1], p, p)
-
-
-def cudnn_grouped_conv3x3(h, weight, bias, relu=True, pool=False):
-    y = lf.ops.stacked_conv2d(h, weight, bias, padding=1)
-    if relu:
-        y = F.relu(y)
-    if pool:
-        y = F.max_pool2d(y.flatten(0, 1), 2).unflatten(0, y.shape[:2])
-    return y
-
-
-def cudnn_patch_conv3x3(f9, weight, bias, geom, relu=True):
-    return cudnn_grouped_conv3x3(cudnn_extract(f9), weight, bias, relu=relu)
-
-
+# Every registered implementation of the convs (native = extension extraction + cuDNN's
+# grouped conv, unfused ReLU and pool); the registry is the provider list.
+IMPLS = tuple(backend for _, backend in registry.implementations("patch_conv3x3"))
 OPS = {
-    "triton": (tc.patch_conv3x3, tc.grouped_conv3x3),
-    "cudnn": (cudnn_patch_conv3x3, cudnn_grouped_conv3x3),
-    "reference": (reference.patch_conv3x3, reference.grouped_conv3x3),
+    backend: (registry.implementation("patch_conv3x3", backend), registry.implementation("grouped_conv3x3", backend))
+    for backend in IMPLS
 }
 
 
@@ -187,7 +166,7 @@ def test_simplenet_fwd_bwd(benchmark, f9, simplenet_params, impl):
     benchmark.pedantic(step, rounds=10, warmup_rounds=2)
 
 
-@pytest.mark.parametrize("impl", ["cudnn", "reference"])
+@pytest.mark.parametrize("impl", [name for name in IMPLS if name != "triton"])
 def test_outputs_agree(f9, simplenet_params, impl):
     """Not a timing: the benchmarked paths compute the same thing (bf16 bound)."""
     with torch.no_grad():
