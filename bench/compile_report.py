@@ -145,7 +145,6 @@ ARCHS = {
     "sm_100a": _BLACKWELL,
 }
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
-PRESETS = ("tiny", "paper")
 STEPS = ("model", "ops")
 
 
@@ -178,8 +177,12 @@ def parse_args(argv):
             raise _UsageError(f"--{flag}: expected a value (required)")
     if args.arch not in ARCHS:
         raise _UsageError(f"--arch {args.arch}: expected one of {', '.join(ARCHS)}")
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # the checkout's package, not an installed copy
+    from lnlatten_fast.config import PRESETS  # the one preset table
+
     if args.preset not in PRESETS:
-        raise _UsageError(f"--preset {args.preset}: expected tiny or paper")
+        raise _UsageError(f"--preset {args.preset}: expected {' or '.join(PRESETS)}")
     try:
         batch = int(args.batch)
     except ValueError:
@@ -849,7 +852,7 @@ def run_report(args) -> int:
 
     import lnlatten_fast as lf
 
-    base = lf.LNLConfig.tiny() if args.preset == "tiny" else lf.LNLConfig.paper()
+    base = lf.LNLConfig.preset(args.preset)
     try:
         cfg = base.replace(backend="triton", **({"image_size": args.image_size} if args.image_size else {}))
     except (ValueError, TypeError) as error:

@@ -1,17 +1,27 @@
-"""LNLConfig: every knob of the model, as a plain dataclass.
+"""LNLConfig: every knob of the model, as a plain dataclass, and the preset table.
 
 `LNLConfig()` is the paper's configuration (SPEC §1); `LNLConfig.tiny()` the CPU preset with
-all widths divided by 8.
+all widths divided by 8. :data:`PRESETS` is the one table of named starting points: each
+preset's model config, batch size and learning rate.
+
+Fields a command line may set carry their flag's help text in their metadata (`flag_help`);
+`lnlatten_fast.cli` derives the flags from it, so a field is exposed by writing it here.
+Every rule on the fields lives in :meth:`LNLConfig.validate`; a broken one raises
+:class:`~lnlatten_fast.errors.ParameterError` naming the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
 
+from .errors import ParameterError
 from .geometry import PatchGeometry
 
-__all__ = ["LNLConfig", "VARIANTS", "BACKENDS"]
+__all__ = ["LNLConfig", "Preset", "PRESETS", "VARIANTS", "BACKENDS", "INITS", "flag_help"]
 
 # Table IV: LNLAttenNet, Model-Local, Model-NonLocal, Model-S.
 VARIANTS = ("full", "local", "nonlocal", "simple")
@@ -21,13 +31,24 @@ INITS = ("xavier", "kaiming")
 UNET_DOWNSAMPLING = 16
 
 
+def _flag(default: Any, help: str, choices: tuple[str, ...] | None = None):
+    """A field the command lines expose as a flag (`--field-name`), with its help text."""
+    return field(default=default, metadata={"flag_help": help, "choices": choices})
+
+
+def flag_help(f: dataclasses.Field) -> str | None:
+    """The help text of a field exposed as a flag, or None for fields without a flag."""
+    return f.metadata.get("flag_help")
+
+
 @dataclass
 class LNLConfig:
-    image_size: int = 144
-    num_patches: int = 16
-    overlap: int | None = None  # None: eq. 5 with overlap ~ patch/3 (16 px for the paper)
-    alpha: float = 0.7  # eq. 1
-    variant: str = "full"
+    image_size: int = _flag(144, "input side in pixels, a multiple of 16")
+    num_patches: int = _flag(16, "M, the number of local regions, a perfect square (table VI)")
+    # None: eq. 5 with overlap ~ patch/3 (16 px for the paper)
+    overlap: int | None = _flag(None, "pixels shared by neighbouring patches (table VII); none: ~P/3 (eq. 5)")
+    alpha: float = _flag(0.7, "eq. 1's mixing weight of the attended features s")
+    variant: str = _flag("full", "table IV: full, local, nonlocal, simple", choices=VARIANTS)
     num_classes: int = 7
     in_channels: int = 3
     unet_widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
@@ -40,8 +61,8 @@ class LNLConfig:
     local_feature_size: int = 6  # SimpleNet output side; adaptive pooling brings others to it
     share_local_attention: bool = False  # paper: one local attention per patch
     init: str = "xavier"  # paper: Xavier-uniform; "kaiming" (He-uniform) for the tiny preset
-    l2_lambda: float = 1e-4  # eq. 3
-    backend: str = "auto"
+    l2_lambda: float = _flag(1e-4, "eq. 3's λ, the weight of Σ‖W‖² over conv and linear weights")
+    backend: str = _flag("auto", "op implementation (see python -m lnlatten_fast.info)", choices=BACKENDS)
 
     def __post_init__(self):
         self.unet_widths = tuple(self.unet_widths)
@@ -51,32 +72,21 @@ class LNLConfig:
         self.validate()
 
     @classmethod
+    def preset(cls, name: str, **overrides) -> "LNLConfig":
+        """The model config of preset `name` (see :data:`PRESETS`) with `overrides`."""
+        if name not in PRESETS:
+            raise ParameterError("preset", f"must be one of {', '.join(PRESETS)}, got {name!r}")
+        return cls(**{**PRESETS[name].model, **overrides})
+
+    @classmethod
     def paper(cls, **overrides) -> "LNLConfig":
-        return cls(**overrides)
+        return cls.preset("paper", **overrides)
 
     @classmethod
     def tiny(cls, **overrides) -> "LNLConfig":
-        """Same structure, widths / 8, 64 px input: trains on a 2-core CPU in minutes.
-
-        He-uniform init instead of the paper's Xavier: Xavier halves the signal's variance at
-        every ReLU, so through the ~25 conv layers from the input to the head the logits start
-        at ~1e-3 and Adam needed many epochs to get past chance (measured: train accuracy at
-        chance after 120 steps with Xavier at lr 3e-3, 56 % with He at lr 1e-3). Dropout 0.1:
-        0.5 on 128- and 64-wide layers halved that (29 % after the same 120 steps).
-        """
-        base = dict(
-            image_size=64,
-            init="kaiming",
-            dropout=0.1,
-            unet_widths=(8, 16, 32, 64, 128),
-            simplenet_widths=(8, 16, 32),
-            local_attention_widths=(32, 16, 16, 8, 8),
-            attention_dim=64,
-            global_width=64,
-            head_widths=(128, 64),
-        )
-        base.update(overrides)
-        return cls(**base)
+        """Same structure, widths / 8, 64 px input: trains on a 2-core CPU in minutes (the
+        reasons for its init and dropout are beside its entry in :data:`PRESETS`)."""
+        return cls.preset("tiny", **overrides)
 
     def replace(self, **changes) -> "LNLConfig":
         return dataclasses.replace(self, **changes)
@@ -122,28 +132,27 @@ class LNLConfig:
     def uses_local_attention(self) -> bool:
         return self.variant in ("full", "local")
 
+    # ---- every rule -----------------------------------------------------------------------
     def validate(self) -> None:
         def positive_ints(name, values):
             if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
-                raise ValueError(f"LNLConfig.{name} must hold positive ints, got {values!r}")
+                raise ParameterError(name, f"must hold positive ints, got {values!r}")
 
-        if self.variant not in VARIANTS:
-            raise ValueError(f"LNLConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.init not in INITS:
-            raise ValueError(f"LNLConfig.init must be one of {INITS}, got {self.init!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"LNLConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        def one_of(name, allowed):
+            if getattr(self, name) not in allowed:
+                raise ParameterError(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
+
+        one_of("variant", VARIANTS)
+        one_of("init", INITS)
+        one_of("backend", BACKENDS)
         if not 0.0 <= float(self.alpha) <= 1.0:
-            raise ValueError(f"LNLConfig.alpha must lie in [0, 1] (eq. 1), got {self.alpha}")
+            raise ParameterError("alpha", f"must lie in [0, 1] (eq. 1), got {self.alpha}")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"LNLConfig.dropout must lie in [0, 1), got {self.dropout}")
-        if float(self.l2_lambda) < 0:
-            raise ValueError(f"LNLConfig.l2_lambda must be >= 0, got {self.l2_lambda}")
-        positive_ints("num_classes", (self.num_classes,))
-        positive_ints("in_channels", (self.in_channels,))
-        positive_ints("attention_dim", (self.attention_dim,))
-        positive_ints("global_width", (self.global_width,))
-        positive_ints("local_feature_size", (self.local_feature_size,))
+            raise ParameterError("dropout", f"must lie in [0, 1), got {self.dropout}")
+        if not (math.isfinite(float(self.l2_lambda)) and float(self.l2_lambda) >= 0):
+            raise ParameterError("l2_lambda", f"must be a finite number >= 0, got {self.l2_lambda}")
+        for name in ("num_classes", "in_channels", "attention_dim", "global_width", "local_feature_size"):
+            positive_ints(name, (getattr(self, name),))
         for name, count in (
             ("unet_widths", 5),
             ("simplenet_widths", 3),
@@ -153,17 +162,69 @@ class LNLConfig:
             values = getattr(self, name)
             positive_ints(name, values)
             if len(values) != count:
-                raise ValueError(f"LNLConfig.{name} must have {count} entries, got {values!r}")
+                raise ParameterError(name, f"must have {count} entries, got {values!r}")
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
             raise TypeError(f"LNLConfig.image_size must be an int, got {self.image_size!r}")
         if self.image_size <= 0 or self.image_size % UNET_DOWNSAMPLING:
-            raise ValueError(
-                f"LNLConfig.image_size must be a positive multiple of {UNET_DOWNSAMPLING} "
-                f"(U-Net pools four times), got {self.image_size}"
+            raise ParameterError(
+                "image_size",
+                f"must be a positive multiple of {UNET_DOWNSAMPLING} (U-Net pools four times), "
+                f"got {self.image_size}",
             )
         if self.local_feature_size < 5:
-            raise ValueError(
-                "LNLConfig.local_feature_size must be >= 5: table III's two valid 3x3 convs "
-                f"need it, got {self.local_feature_size}"
+            raise ParameterError(
+                "local_feature_size",
+                f"must be >= 5: table III's two valid 3x3 convs need it, got {self.local_feature_size}",
+            )
+        if self.uses_nonlocal_attention and self.attention_dim != self.global_width:
+            raise ParameterError(
+                "attention_dim",
+                f"must equal global_width when the non-local attention is used (eq. 1 adds flat(s) "
+                f"to g), got {self.attention_dim} and {self.global_width}",
             )
         self.geometry  # raises if the patch lattice is impossible
+
+
+# ---- presets ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    """A named starting point: the model config (fields that differ from LNLConfig's defaults,
+    which are the paper's), the per-process batch size and Adam's learning rate."""
+
+    description: str
+    batch_size: int
+    lr: float
+    model: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def config(self, **overrides) -> LNLConfig:
+        return LNLConfig(**{**self.model, **overrides})
+
+
+#: Every preset, by name; the first is the default of the command line.
+PRESETS: Mapping[str, Preset] = MappingProxyType({
+    # Ours, not the paper's: widths / 8 and 64 px, so the built-in synthetic run trains on a
+    # 2-core CPU in minutes and is past chance within its first epoch. He-uniform init instead
+    # of the paper's Xavier: Xavier halves the signal's variance at every ReLU, so through the
+    # ~25 conv layers from the input to the head the logits start at ~1e-3 and Adam needed many
+    # epochs to get past chance (measured: train accuracy at chance after 120 steps with Xavier
+    # at lr 3e-3, 56 % with He at lr 1e-3). Dropout 0.1: 0.5 on 128- and 64-wide layers halved
+    # that (29 % after the same 120 steps).
+    "tiny": Preset(
+        "widths / 8, 64 px: trains on a 2-core CPU in minutes",
+        batch_size=32,
+        lr=1e-3,
+        model=MappingProxyType(dict(
+            image_size=64,
+            init="kaiming",
+            dropout=0.1,
+            unet_widths=(8, 16, 32, 64, 128),
+            simplenet_widths=(8, 16, 32),
+            local_attention_widths=(32, 16, 16, 8, 8),
+            attention_dim=64,
+            global_width=64,
+            head_widths=(128, 64),
+        )),
+    ),
+    # SPEC §1: the paper's network, its lr 3e-4, and a batch of 64.
+    "paper": Preset("the paper's network (SPEC §1), 144 px", batch_size=64, lr=3e-4),
+})

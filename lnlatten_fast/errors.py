@@ -1,12 +1,16 @@
-"""The library's error for a bad parameter value, and how the command lines show it.
+"""The library's errors for bad parameter values, and how the command lines show them.
 
 Library code names the parameter it was given (`data_root`, `epochs`); only the command-line
-entry points speak in flags, and `as_flag` is the one place that translates.
+entry points speak in flags, and `cli_message` is the one place that translates. A problem
+that points at another parameter writes its name in backticks ("pass `resume` to continue
+it"), so the command line can show that one as a flag too.
 """
 
 from __future__ import annotations
 
-__all__ = ["ParameterError", "as_flag", "cli_message"]
+import re
+
+__all__ = ["ParameterError", "MissingPathError", "PathExistsError", "as_flag", "cli_message"]
 
 
 class ParameterError(ValueError):
@@ -21,13 +25,25 @@ class ParameterError(ValueError):
         self.problem = problem
 
 
+class MissingPathError(ParameterError, FileNotFoundError):
+    """`parameter` names a file or folder that does not exist (also a FileNotFoundError)."""
+
+
+class PathExistsError(ParameterError, FileExistsError):
+    """`parameter` names a file or folder that must not exist yet (also a FileExistsError)."""
+
+
 def as_flag(parameter: str) -> str:
     """The command-line flag of a parameter: data_root -> --data-root."""
     return "--" + parameter.replace("_", "-")
 
 
+_QUOTED_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
 def cli_message(error: Exception) -> str:
     """The one `error:` line a command line prints for `error`, naming flags, not parameters."""
     if isinstance(error, ParameterError):
-        return f"error: {as_flag(error.parameter)} {error.problem}"
+        problem = _QUOTED_PARAMETER.sub(lambda m: as_flag(m.group(1)), error.problem)
+        return f"error: {as_flag(error.parameter)} {problem}"
     return f"error: {error}"

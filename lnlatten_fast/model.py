@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .config import BACKENDS, LNLConfig
+from .config import LNLConfig
 
 __all__ = ["LNLAttenNet", "LNLOutput"]
 
@@ -200,11 +200,6 @@ class LNLAttenNet(nn.Module):
         self.geometry = config.geometry
         self.backend = config.backend
         m = self.geometry.num_patches
-        if config.uses_nonlocal_attention and config.attention_dim != config.global_width:
-            raise ValueError(
-                "eq. 1 adds flat(s) to g, so attention_dim must equal global_width, got "
-                f"{config.attention_dim} and {config.global_width}"
-            )
 
         self.unet = UNet(config.in_channels, config.unet_widths)
         self.simplenets = SimpleNetEnsemble(
@@ -254,8 +249,9 @@ class LNLAttenNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def set_backend(self, backend: str) -> "LNLAttenNet":
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        """Run on `backend` from now on; `config.backend` says so too (a new config object, so the
+        caller's is left as it was). LNLConfig.validate rejects an unknown name."""
+        self.config = self.config.replace(backend=backend)
         self.backend = backend
         return self
 

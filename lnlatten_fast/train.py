@@ -10,13 +10,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import BACKENDS, VARIANTS
-from .data.sources import DATASETS, SYNTHETIC_SIZES
-from .training.trainer import PRECISIONS, TrainSettings, train
+from . import cli
+from .config import PRESETS, LNLConfig
+from .data.datasets import DATASETS
+from .data.datasets.synthetic import SPLIT_SIZES
+from .training.precision import PRECISIONS
+from .training.settings import L2_MODES, TrainSettings
+from .training.trainer import train
 
 
-def optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "auto") else int(text)
+def _preset_help() -> str:
+    return "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items())
+
+
+def _per_preset(attribute: str) -> str:
+    return ", ".join(f"{name} {getattr(p, attribute):g}" for name, p in PRESETS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lnlatten_fast.train",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default=d.dataset,
@@ -38,30 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-fraction", type=float, default=d.val_fraction,
                       help="hold out this fraction of the training set (per class) as validation; 0 = none")
     data.add_argument("--synthetic-train", type=int, default=None,
-                      help=f"synthetic training images (default {SYNTHETIC_SIZES['train']})")
+                      help=f"synthetic training images (default {SPLIT_SIZES['train']})")
     data.add_argument("--synthetic-test", type=int, default=None,
-                      help=f"synthetic test images (default {SYNTHETIC_SIZES['test']})")
+                      help=f"synthetic test images (default {SPLIT_SIZES['test']})")
 
-    model = p.add_argument_group("model")
-    model.add_argument("--preset", choices=("tiny", "paper"), default=d.preset, help="tiny: widths / 8, 64 px; paper: SPEC §1")
-    model.add_argument("--variant", choices=VARIANTS, default=d.variant, help="table IV: full, local, nonlocal, simple")
-    model.add_argument("--alpha", type=float, default=d.alpha, help="eq. 1 mixing weight of s")
-    model.add_argument("--num-patches", type=int, default=d.num_patches, help="M, a perfect square (table VI)")
-    model.add_argument("--overlap", type=optional_int, default=None, help="pixels shared by neighbouring patches (table VII); default ~P/3")
-    model.add_argument("--image-size", type=optional_int, default=None, help="input size (default: the preset's, 64 tiny / 144 paper)")
-    model.add_argument("--backend", choices=BACKENDS, default=d.backend, help="op implementation (see python -m lnlatten_fast.info)")
+    model = p.add_argument_group(
+        "model", "LNLConfig's fields; each defaults to the preset's value (numbers also take 'auto' for it)")
+    model.add_argument("--preset", choices=tuple(PRESETS), default=d.preset, help=_preset_help())
+    cli.add_model_flags(model)
 
     run = p.add_argument_group("optimisation and run")
-    run.add_argument("--epochs", type=int, default=d.epochs)
-    run.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 paper, 32 tiny)")
+    run.add_argument("--epochs", type=int, default=d.epochs, help="training epochs (the paper: 24)")
+    run.add_argument("--batch-size", type=int, default=None, help=f"per process (default: the preset's: {_per_preset('batch_size')})")
     run.add_argument("--lr", type=float, default=None,
-                     help="Adam learning rate, x0.95 every epoch (default: 3e-4 paper, 1e-3 tiny)")
-    run.add_argument("--l2-lambda", type=float, default=d.l2_lambda, help="eq. 3's λ")
-    run.add_argument("--l2-mode", choices=("decoupled", "loss"), default=d.l2_mode,
+                     help=f"Adam learning rate, x0.95 every epoch (default: the preset's: {_per_preset('lr')})")
+    run.add_argument("--l2-mode", choices=L2_MODES, default=d.l2_mode,
                      help="decoupled: W <- W - lr·2λ·W outside Adam (AdamW); loss: λ·Σ‖W‖² in the loss as eq. 3 "
                           "writes it (with Adam this stalls the network from Xavier init)")
     run.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--seed", type=int, default=d.seed)
+    run.add_argument("--seed", type=int, default=d.seed,
+                     help="seeds the weights, shuffling, augmentation, folds and synthetic faces")
     run.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<preset>-<time>)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     run.add_argument("--precision", choices=PRECISIONS, default=d.precision,
@@ -73,16 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """The run the flags describe: the preset's model with the model flags given."""
+    run = {k: v for k, v in vars(args).items() if k not in cli.MODEL_FLAGS}
+    return TrainSettings(**run, model=LNLConfig.preset(args.preset, **cli.model_overrides(args)))
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = TrainSettings(**{k: v for k, v in vars(args).items()})
-    if settings.resume and settings.out is None:
-        build_parser().error("--resume needs --out RUN_DIR (the run to continue)")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and args.out is None:
+        parser.error("--resume needs --out RUN_DIR (the run to continue)")
     try:
-        train(settings)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        train(settings_from_args(args))
+    except cli.LIBRARY_ERRORS as error:
+        return cli.fail(error)
     return 0
 
 

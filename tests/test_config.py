@@ -1,6 +1,7 @@
 import pytest
 
 import lnlatten_fast as lf
+from lnlatten_fast.errors import ParameterError, cli_message
 
 
 def test_paper_preset():
@@ -48,3 +49,38 @@ def test_bad_config_names_the_field(changes, field):
 def test_unknown_fields_rejected():
     with pytest.raises(ValueError, match="unknown LNLConfig fields"):
         lf.LNLConfig.from_dict({"image_size": 144, "colour": "blue"})
+
+
+def test_attention_dim_rule_lives_in_validate():
+    """eq. 1 adds flat(s) to g: with the non-local attention, attention_dim == global_width. The
+    rule is LNLConfig's, so a bad config is refused before any model is built."""
+    with pytest.raises(ParameterError, match="attention_dim must equal global_width") as error:
+        lf.LNLConfig.tiny(attention_dim=32)
+    assert error.value.parameter == "attention_dim"
+    lf.LNLConfig.tiny(variant="local", attention_dim=32)  # no non-local attention: no rule
+    cfg = lf.LNLConfig.tiny(variant="local", attention_dim=32)
+    with pytest.raises(ValueError, match="attention_dim must equal global_width"):
+        cfg.replace(variant="full")
+    cfg.variant = "full"  # changed behind validate's back: the model re-validates
+    with pytest.raises(ValueError, match="attention_dim must equal global_width"):
+        lf.LNLAttenNet(cfg)
+
+
+def test_one_preset_table():
+    from lnlatten_fast.config import PRESETS
+
+    assert list(PRESETS) == ["tiny", "paper"]
+    assert PRESETS["paper"].config() == lf.LNLConfig() == lf.LNLConfig.paper()
+    assert PRESETS["tiny"].config(alpha=0.5) == lf.LNLConfig.tiny(alpha=0.5) == lf.LNLConfig.preset("tiny", alpha=0.5)
+    assert (PRESETS["paper"].batch_size, PRESETS["paper"].lr) == (64, 3e-4)
+    assert (PRESETS["tiny"].batch_size, PRESETS["tiny"].lr) == (32, 1e-3)
+    assert PRESETS["tiny"].config() is not PRESETS["tiny"].config()  # callers get their own copy
+    with pytest.raises(ValueError, match="preset must be one of tiny, paper"):
+        lf.LNLConfig.preset("huge")
+
+
+def test_config_errors_name_the_field_as_a_parameter():
+    with pytest.raises(ParameterError) as error:
+        lf.LNLConfig(alpha=1.5)
+    assert error.value.parameter == "alpha"
+    assert cli_message(error.value).startswith("error: --alpha must lie in [0, 1]")

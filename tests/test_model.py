@@ -153,6 +153,18 @@ def test_state_dict_round_trip_and_backend_switch():
         a.set_backend("cudnn")
 
 
+def test_set_backend_updates_the_config():
+    """model.config says which backend runs (it used to keep the construction-time name)."""
+    cfg = lf.LNLConfig.tiny()
+    model = lf.LNLAttenNet(cfg)
+    assert model.set_backend("reference") is model
+    assert model.config.backend == "reference" == model.backend
+    assert cfg.backend == "auto"  # the caller's config is left as it was
+    with pytest.raises(ValueError, match="backend must be one of"):
+        model.set_backend("cudnn")
+    assert model.config.backend == "reference" == model.backend
+
+
 def test_bad_input_shape_is_named():
     model = lf.LNLAttenNet(lf.LNLConfig.tiny())
     with pytest.raises(ValueError, match=r"x must be \(B, 3, 64, 64\)"):

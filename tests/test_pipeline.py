@@ -8,8 +8,10 @@ from PIL import Image
 
 from lnlatten_fast.data.cache import build_image_cache
 from lnlatten_fast.data.pipeline import BatchLoader, augment, to_model_input
-from lnlatten_fast.data.readers import Sample
-from lnlatten_fast.data.sources import load_split, stratified_holdout
+from lnlatten_fast.data.datasets import Sample
+from lnlatten_fast.data.sources import load_split
+from lnlatten_fast.data.splits import stratified_holdout
+from lnlatten_fast.errors import ParameterError, cli_message
 
 
 def test_to_model_input_scales_and_keeps_channels_last():
@@ -117,13 +119,18 @@ def test_synthetic_splits_are_disjoint_and_cached(tmp_path):
     assert np.array_equal(again.images, train.images)
 
 
-def test_load_split_errors_name_the_flag(tmp_path):
-    with pytest.raises(ValueError, match="--dataset must be one of"):
+def test_load_split_errors_name_the_parameter_and_the_cli_names_the_flag(tmp_path):
+    """A library caller is told the parameter (data_root); the command lines show the flag."""
+    with pytest.raises(ParameterError, match="^dataset must be one of") as error:
         load_split("imagenet", "train", 32, cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="--data-root is required"):
+    assert cli_message(error.value).startswith("error: --dataset must be one of")
+    with pytest.raises(ValueError, match="^data_root is required") as error:
         load_split("rafdb", "train", 32, cache_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="--data-root .*nowhere"):
+    assert error.value.parameter == "data_root" and "--" not in str(error.value)
+    assert cli_message(error.value).startswith("error: --data-root is required")
+    with pytest.raises(FileNotFoundError, match="^data_root .*nowhere") as error:
         load_split("rafdb", "train", 32, data_root=tmp_path / "nowhere", cache_dir=tmp_path)
+    assert "--data-root" in cli_message(error.value) and "nowhere" in cli_message(error.value)
 
 
 def test_stratified_holdout_keeps_class_proportions():
@@ -131,5 +138,5 @@ def test_stratified_holdout_keeps_class_proportions():
     keep, held = stratified_holdout(labels, 0.25, seed=0)
     assert len(set(keep) & set(held)) == 0 and len(keep) + len(held) == len(labels)
     assert np.bincount(labels[held]).tolist() == [5] * 7
-    with pytest.raises(ValueError, match="--val-fraction"):
+    with pytest.raises(ParameterError, match="fraction must lie in"):
         stratified_holdout(labels, 1.5, 0)

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from lnlatten_fast.data import readers as R
-from lnlatten_fast.data.readers import Sample
+from lnlatten_fast.data import datasets, labels, splits
+from lnlatten_fast.data.datasets import Sample
 
 # Canonical: 0 Surprise, 1 Fear, 2 Disgust, 3 Happiness, 4 Sadness, 5 Anger, 6 Neutral.
 SUR, FEA, DIS, HAP, SAD, ANG, NEU = range(7)
@@ -43,8 +43,8 @@ def by_name(samples):
 
 
 def test_class_names_are_rafdb_order():
-    assert R.CLASS_NAMES == ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
-    assert R.CLASS_NAMES_8[7] == "Contempt"
+    assert labels.CLASS_NAMES == ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
+    assert labels.CLASS_NAMES_8[7] == "Contempt"
 
 
 def test_sample_validation(tmp_path):
@@ -75,13 +75,13 @@ def test_sample_validation(tmp_path):
      ("Disgust", DIS), ("neutral", NEU), ("0", SUR), ("6", NEU), (" 3 ", HAP)],
 )
 def test_parse_class_name(name, label):
-    assert R.parse_class_name(name) == label
+    assert labels.parse_class_name(name) == label
 
 
 @pytest.mark.parametrize("name", ["contempt", "7", "-1", "", "happyish"])
 def test_parse_class_name_rejects(name):
     with pytest.raises(ValueError, match="unknown class"):
-        R.parse_class_name(name)
+        labels.parse_class_name(name)
 
 
 # ---------------------------------------------------------------------------------- RAF-DB
@@ -113,9 +113,9 @@ def make_rafdb(root: Path, aligned=True, images=True, extra_lines="") -> Path:
 
 def test_rafdb_aligned_labels_and_splits(tmp_path):
     root = make_rafdb(tmp_path / "raf")
-    train = R.read_rafdb(root, "train")
-    test = R.read_rafdb(root, "test")
-    both = R.read_rafdb(root, "all")
+    train = datasets.read_rafdb(root, "train")
+    test = datasets.read_rafdb(root, "test")
+    both = datasets.read_rafdb(root, "all")
     assert len(train) == 5 and len(test) == 2 and len(both) == 7
     assert {s.split for s in train} == {"train"} and {s.split for s in test} == {"test"}
     got = {s.path.name: s.label for s in both}
@@ -128,41 +128,41 @@ def test_rafdb_aligned_labels_and_splits(tmp_path):
 
 def test_rafdb_original_fallback_and_file_root(tmp_path):
     root = make_rafdb(tmp_path / "raf", aligned=False)
-    test = R.read_rafdb(root, "test")
+    test = datasets.read_rafdb(root, "test")
     assert {s.path.name: s.label for s in test} == {"test_0001.jpg": DIS, "test_0002.jpg": ANG}
     assert all(s.path.parent == root / "Image" / "original" for s in test)
     # root may be the label file itself
-    again = R.read_rafdb(root / "EmoLabel" / "list_patition_label.txt", "test")
+    again = datasets.read_rafdb(root / "EmoLabel" / "list_patition_label.txt", "test")
     assert [s.path for s in again] == [s.path for s in test]
 
 
 def test_rafdb_check_files(tmp_path):
     root = make_rafdb(tmp_path / "raf", images=False)
     with pytest.raises(FileNotFoundError, match="Image"):
-        R.read_rafdb(root, "train")
-    assert len(R.read_rafdb(root, "train", check_files=False)) == 5
+        datasets.read_rafdb(root, "train")
+    assert len(datasets.read_rafdb(root, "train", check_files=False)) == 5
     # one image missing: the error names it
     make_rafdb(root)
     (root / "Image" / "aligned" / "test_0002_aligned.jpg").unlink()
-    assert len(R.read_rafdb(root, "train")) == 5
+    assert len(datasets.read_rafdb(root, "train")) == 5
     with pytest.raises(FileNotFoundError, match="test_0002_aligned.jpg"):
-        R.read_rafdb(root, "test")
+        datasets.read_rafdb(root, "test")
 
 
 def test_rafdb_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="list_patition_label.txt"):
-        R.read_rafdb(tmp_path, "train")
+        datasets.read_rafdb(tmp_path, "train")
     root = make_rafdb(tmp_path / "a", images=False, extra_lines="train_00009.jpg 8\n")
     with pytest.raises(ValueError, match=r"line 9"):  # 7 entries, one blank line, then the bad one
-        R.read_rafdb(root, "train", check_files=False)
+        datasets.read_rafdb(root, "train", check_files=False)
     root = make_rafdb(tmp_path / "b", images=False, extra_lines="val_00001.jpg 3\n")
     with pytest.raises(ValueError, match=r"line 9.*train_"):
-        R.read_rafdb(root, "all", check_files=False)
+        datasets.read_rafdb(root, "all", check_files=False)
     root = make_rafdb(tmp_path / "c", images=False, extra_lines="train_00010.jpg\n")
     with pytest.raises(ValueError, match=r"line 9"):
-        R.read_rafdb(root, "all", check_files=False)
+        datasets.read_rafdb(root, "all", check_files=False)
     with pytest.raises(ValueError, match="split"):
-        R.read_rafdb(root, "val", check_files=False)
+        datasets.read_rafdb(root, "val", check_files=False)
 
 
 real_rafdb = pytest.mark.skipif(
@@ -172,14 +172,14 @@ real_rafdb = pytest.mark.skipif(
 
 @real_rafdb
 def test_real_rafdb_label_list():
-    train = R.read_rafdb(REAL_RAFDB, "train", check_files=False)
-    test = R.read_rafdb(REAL_RAFDB, "test", check_files=False)
+    train = datasets.read_rafdb(REAL_RAFDB, "train", check_files=False)
+    test = datasets.read_rafdb(REAL_RAFDB, "test", check_files=False)
     assert len(train) == 12271
     assert len(test) == 3068
     counts = Counter(s.label for s in train + test)
     # RAF-DB labels 1..7 = 1619, 355, 877, 5957, 2460, 867, 3204 → canonical 0..6 (code - 1)
     assert [counts[c] for c in range(7)] == [1619, 355, 877, 5957, 2460, 867, 3204]
-    assert len(R.read_rafdb(REAL_RAFDB, "all", check_files=False)) == 12271 + 3068
+    assert len(datasets.read_rafdb(REAL_RAFDB, "all", check_files=False)) == 12271 + 3068
     first = train[0]
     assert first.path.name == "train_00001.jpg" and first.label == SAD  # "train_00001.jpg 5"
 
@@ -228,55 +228,55 @@ def test_affectnet_labels(tmp_path, num_classes):
     root = make_affectnet(tmp_path / "aff")
     col = 1 if num_classes == 7 else 2
     for split, table in (("train", AFF_TRAIN), ("test", AFF_VAL)):
-        got = R.read_affectnet(root, split, num_classes=num_classes)
+        got = datasets.read_affectnet(root, split, num_classes=num_classes)
         expected = {rel: v[col] for rel, v in table.items() if v[col] is not None}
         assert {str(s.path.relative_to(root / "Manually_Annotated_Images")): s.label for s in got} == expected
         assert {s.split for s in got} == {split}
-    n_all = len(R.read_affectnet(root, "all", num_classes=num_classes))
+    n_all = len(datasets.read_affectnet(root, "all", num_classes=num_classes))
     assert n_all == (7 + 2 if num_classes == 7 else 8 + 3)
 
 
 def test_affectnet_box_root_fallback_and_headerless_val(tmp_path):
     root = make_affectnet(tmp_path / "aff", under_mai=False, val_header=False)
-    train = by_name(R.read_affectnet(root, "train"))
+    train = by_name(datasets.read_affectnet(root, "train"))
     assert train["a0.jpg"].box == (10, 20, 100, 110)
     assert train["a6.jpg"].box == (16, 26, 106, 116)
     assert train["a6.jpg"].path == root / "3" / "a6.jpg"
-    val = R.read_affectnet(root, "test")
+    val = datasets.read_affectnet(root, "test")
     assert [(s.path.name, s.label) for s in val] == [("v0.jpg", ANG), ("v2.jpg", SUR)]
 
 
 def test_affectnet_errors(tmp_path):
     root = make_affectnet(tmp_path / "aff")
     with pytest.raises(ValueError, match="num_classes"):
-        R.read_affectnet(root, "train", num_classes=6)
+        datasets.read_affectnet(root, "train", num_classes=6)
     (root / "Manually_Annotated_Images" / "2" / "a4.jpg").unlink()
     with pytest.raises(FileNotFoundError, match="a4.jpg"):
-        R.read_affectnet(root, "train")
-    assert len(R.read_affectnet(root, "train", check_files=False)) == 7
+        datasets.read_affectnet(root, "train")
+    assert len(datasets.read_affectnet(root, "train", check_files=False)) == 7
     (root / "validation.csv").unlink()
     with pytest.raises(FileNotFoundError, match="validation.csv"):
-        R.read_affectnet(root, "test")
+        datasets.read_affectnet(root, "test")
     bad = tmp_path / "bad"
     rows = f"1/a.jpg,1,2,3,4,{LMK},1,0,0\n1/b.jpg,1,2,3,4,{LMK},happy,0,0\n"
     write(bad / "training.csv", AFF_HEADER + rows)
     with pytest.raises(ValueError, match=r"line 3.*expression"):
-        R.read_affectnet(bad, "train", check_files=False)
+        datasets.read_affectnet(bad, "train", check_files=False)
     write(bad / "training.csv", AFF_HEADER + f"1/a.jpg,1,2,3,4,{LMK},11,0,0\n")
     with pytest.raises(ValueError, match=r"line 2"):
-        R.read_affectnet(bad, "train", check_files=False)
+        datasets.read_affectnet(bad, "train", check_files=False)
     write(bad / "training.csv", AFF_HEADER + f"1/a.jpg,1,2,3,4,{LMK},1,0,0\n1/b.jpg,1,2,0,4,{LMK},1,0,0\n")
     with pytest.raises(ValueError, match=r"line 3.*face_width"):
-        R.read_affectnet(bad, "train", check_files=False)
+        datasets.read_affectnet(bad, "train", check_files=False)
 
 
 def test_class_balanced_weights():
     p = Path("x.png")
     samples = [Sample(HAP, path=p)] * 3 + [Sample(SAD, path=p)]
-    w = R.class_balanced_weights(samples)
+    w = splits.class_balanced_weights(samples)
     # N / (C * n_y): 4 / (2 * 3) for the three Happiness, 4 / (2 * 1) for the Sadness
     np.testing.assert_allclose(w, [2 / 3, 2 / 3, 2 / 3, 2.0])
-    assert R.class_balanced_weights([]).shape == (0,)
+    assert splits.class_balanced_weights([]).shape == (0,)
 
 
 # ---------------------------------------------------------------------------------- SFEW
@@ -297,23 +297,23 @@ def test_sfew(tmp_path):
     write(root / "Train" / "Angry" / "notes.txt", "not an image")
     img(root / "Val" / "Sad" / "v1.png")
     img(root / "Val" / "Happy" / "v2.jpg")
-    train = R.read_sfew(root, "train")
+    train = datasets.read_sfew(root, "train")
     assert {s.path.name: s.label for s in train} == expected_train
     assert {s.split for s in train} == {"train"}
-    test = R.read_sfew(root, "test")
+    test = datasets.read_sfew(root, "test")
     assert {s.path.name: s.label for s in test} == {"v1.png": SAD, "v2.jpg": HAP}
     assert {s.split for s in test} == {"test"}
-    assert len(R.read_sfew(root, "all")) == 9
+    assert len(datasets.read_sfew(root, "all")) == 9
 
 
 def test_sfew_errors(tmp_path):
     root = tmp_path / "sfew"
     img(root / "Train" / "Angry" / "a.png")
     with pytest.raises(FileNotFoundError, match="Val"):
-        R.read_sfew(root, "test")
+        datasets.read_sfew(root, "test")
     img(root / "Train" / "Contempt" / "c.png")
     with pytest.raises(ValueError, match="Contempt"):
-        R.read_sfew(root, "train")
+        datasets.read_sfew(root, "train")
 
 
 # ---------------------------------------------------------------------------------- CK+
@@ -341,7 +341,7 @@ def make_ckplus(root: Path) -> Path:
 
 def test_ckplus_first_last_and_contempt(tmp_path):
     root = make_ckplus(tmp_path / "ck")
-    got = [(s.path.name, s.label, s.subject, s.split) for s in R.read_ckplus(root)]
+    got = [(s.path.name, s.label, s.subject, s.split) for s in datasets.read_ckplus(root)]
     assert got == [
         ("S005_001_00000001.png", NEU, "S005", None),
         ("S005_001_00000003.png", DIS, "S005", None),
@@ -355,19 +355,19 @@ def test_ckplus_first_last_and_contempt(tmp_path):
 def test_ckplus_errors(tmp_path):
     root = make_ckplus(tmp_path / "ck")
     with pytest.raises(ValueError, match="kfold_by_subject"):
-        R.read_ckplus(root, "train")
+        datasets.read_ckplus(root, "train")
     write(root / "Emotion" / "S011" / "001" / "S011_001_00000002_emotion.txt", "surprise\n")
     with pytest.raises(ValueError, match="S011_001_00000002_emotion.txt"):
-        R.read_ckplus(root)
+        datasets.read_ckplus(root)
     write(root / "Emotion" / "S011" / "001" / "S011_001_00000002_emotion.txt", "9.0\n")
     with pytest.raises(ValueError, match="S011_001_00000002_emotion.txt"):
-        R.read_ckplus(root)
+        datasets.read_ckplus(root)
     write(root / "Emotion" / "S012" / "001" / "S012_001_00000002_emotion.txt", "1.0\n")
     write(root / "Emotion" / "S011" / "001" / "S011_001_00000002_emotion.txt", "7.0\n")
     with pytest.raises(FileNotFoundError, match="S012"):
-        R.read_ckplus(root)
+        datasets.read_ckplus(root)
     with pytest.raises(FileNotFoundError, match="cohn-kanade-images"):
-        R.read_ckplus(tmp_path / "nowhere")
+        datasets.read_ckplus(tmp_path / "nowhere")
 
 
 # ---------------------------------------------------------------------------------- FER2013
@@ -401,32 +401,32 @@ def test_fer2013_labels_splits_pixels(tmp_path):
     expect = {"train": [(0, ANG), (1, DIS), (2, FEA), (7, HAP)], "val": [(3, HAP), (4, SAD)],
               "test": [(5, SUR), (6, NEU), (8, NEU)]}
     for split, pairs in expect.items():
-        got = R.read_fer2013(path, split)
+        got = datasets.read_fer2013(path, split)
         assert [(int(s.pixels[0, 0]) // 10, s.label) for s in got] == pairs
         assert all(s.split == split and s.path is None for s in got)
         assert all(s.pixels.shape == (48, 48) and s.pixels.dtype == np.uint8 for s in got)
         assert all((s.pixels == s.pixels[0, 0]).all() for s in got)
-    assert len(R.read_fer2013(path.parent, "all")) == 9  # directory root works too
+    assert len(datasets.read_fer2013(path.parent, "all")) == 9  # directory root works too
 
 
 def test_fer2013_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="fer2013.csv"):
-        R.read_fer2013(tmp_path, "train")
+        datasets.read_fer2013(tmp_path, "train")
     short = fer_csv(tmp_path / "a.csv", bad_row=f"3,{' '.join(['1'] * 2303)},Training")
     with pytest.raises(ValueError, match=r"line 11.*2304"):
-        R.read_fer2013(short, "train")
+        datasets.read_fer2013(short, "train")
     big = fer_csv(tmp_path / "b.csv", bad_row=f"3,{' '.join(['256'] * 2304)},Training")
     with pytest.raises(ValueError, match=r"line 11"):
-        R.read_fer2013(big, "train")
+        datasets.read_fer2013(big, "train")
     junk = fer_csv(tmp_path / "c.csv", bad_row=f"3,{' '.join(['x'] * 2304)},Training")
     with pytest.raises(ValueError, match=r"line 11"):
-        R.read_fer2013(junk, "train")
+        datasets.read_fer2013(junk, "train")
     usage = fer_csv(tmp_path / "d.csv", bad_row=f"3,{' '.join(['1'] * 2304)},Validation")
     with pytest.raises(ValueError, match=r"line 11.*Usage"):
-        R.read_fer2013(usage, "all")
+        datasets.read_fer2013(usage, "all")
     code = fer_csv(tmp_path / "e.csv", bad_row=f"7,{' '.join(['1'] * 2304)},Training")
     with pytest.raises(ValueError, match=r"line 11.*emotion"):
-        R.read_fer2013(code, "train")
+        datasets.read_fer2013(code, "train")
 
 
 # ---------------------------------------------------------------------------------- FERPlus
@@ -467,23 +467,23 @@ def test_ferplus_majority_vote(tmp_path):
         "test": [(9, ANG)],
     }
     for split, pairs in expect.items():
-        got = R.read_ferplus(root / "fer2013.csv", root / "fer2013new.csv", split)
+        got = datasets.read_ferplus(root / "fer2013.csv", root / "fer2013new.csv", split)
         assert [(int(s.pixels[0, 0]) // 10, s.label) for s in got] == pairs  # pixels of the aligned row
         assert all(s.split == split and s.pixels.shape == (48, 48) for s in got)
-    assert len(R.read_dataset("ferplus", root, "all")) == 7
+    assert len(datasets.read_dataset("ferplus", root, "all")) == 7
 
 
 def test_ferplus_errors(tmp_path):
     root = make_ferplus(tmp_path / "fp", drop_last_plus=True)
     with pytest.raises(ValueError, match="aligned"):
-        R.read_ferplus(root / "fer2013.csv", root / "fer2013new.csv", "train")
+        datasets.read_ferplus(root / "fer2013.csv", root / "fer2013new.csv", "train")
     root = make_ferplus(tmp_path / "fp2")
     text = (root / "fer2013new.csv").read_text().replace("fer0000007.png,0,0,1", "fer0000007.png,0,x,1")
     write(root / "fer2013new.csv", text)
     with pytest.raises(ValueError, match=r"line 9"):
-        R.read_ferplus(root / "fer2013.csv", root / "fer2013new.csv", "train")
+        datasets.read_ferplus(root / "fer2013.csv", root / "fer2013new.csv", "train")
     with pytest.raises(FileNotFoundError, match="fer2013new.csv"):
-        R.read_ferplus(root / "fer2013.csv", tmp_path / "fer2013new.csv", "train")
+        datasets.read_ferplus(root / "fer2013.csv", tmp_path / "fer2013new.csv", "train")
 
 
 # ---------------------------------------------------------------------------------- class folders
@@ -502,14 +502,14 @@ def test_folder_with_splits(tmp_path):
     for rel in test:
         img(root / "Test" / rel)
     write(root / "train" / "Angry" / "readme.txt", "x")
-    got = R.read_folder(root, "train")
+    got = datasets.read_folder(root, "train")
     assert {s.path.name: s.label for s in got} == {k.split("/")[1]: v for k, v in train.items()}
     assert {s.split for s in got} == {"train"}
-    got = R.read_folder(root, "test")
+    got = datasets.read_folder(root, "test")
     assert {s.path.name: s.label for s in got} == {k.split("/")[1]: v for k, v in test.items()}
-    assert len(R.read_folder(root, "all")) == 10
+    assert len(datasets.read_folder(root, "all")) == 10
     with pytest.raises(FileNotFoundError, match="val"):
-        R.read_folder(root, "val")
+        datasets.read_folder(root, "val")
 
 
 def test_folder_flat_and_errors(tmp_path):
@@ -517,17 +517,17 @@ def test_folder_flat_and_errors(tmp_path):
     img(root / "anger" / "a.png")
     img(root / "Sadness" / "b.png")
     img(root / "4" / "c.png")
-    got = R.read_folder(root, "all")
+    got = datasets.read_folder(root, "all")
     assert {s.path.name: s.label for s in got} == {"a.png": ANG, "b.png": SAD, "c.png": SAD}
     assert {s.split for s in got} == {None}
     img(root / "contempt" / "d.png")
     with pytest.raises(ValueError, match="contempt"):
-        R.read_folder(root, "all")
+        datasets.read_folder(root, "all")
     (root / "contempt" / "d.png").unlink()
     (root / "contempt").rmdir()
     img(root / "train" / "happy" / "e.png")
     with pytest.raises(ValueError, match="mixes"):
-        R.read_folder(root, "all")
+        datasets.read_folder(root, "all")
 
 
 # ---------------------------------------------------------------------------------- manifest
@@ -547,37 +547,37 @@ def test_manifest(tmp_path):
         "img/e.png,6,,train",
         f"{outside},disgusted,s3,val",
     ]) + "\n")
-    train = R.read_manifest(root / "manifest.csv", "train")
+    train = datasets.read_manifest(root / "manifest.csv", "train")
     assert [(s.path, s.label, s.subject, s.split) for s in train] == [
         (root / "img" / "a.png", HAP, "s1", "train"),
         (root / "img" / "b.png", ANG, "s1", "train"),
         (root / "img" / "e.png", NEU, None, "train"),
     ]
-    test = R.read_manifest(root, "test")  # directory holding manifest.csv
+    test = datasets.read_manifest(root, "test")  # directory holding manifest.csv
     assert [(s.path.name, s.label, s.subject) for s in test] == [("c.png", SUR, "s2"), ("d.png", FEA, "s2")]
-    val = R.read_dataset("manifest", root, "val")
+    val = datasets.read_dataset("manifest", root, "val")
     assert [(s.path, s.label) for s in val] == [(outside, DIS)]
-    assert len(R.read_manifest(root, "all")) == 6
+    assert len(datasets.read_manifest(root, "all")) == 6
 
 
 def test_manifest_errors(tmp_path):
     root = tmp_path / "m"
     img(root / "a.png")
     write(root / "nosplit.csv", "path,label\na.png,happy\n")
-    assert [s.label for s in R.read_manifest(root / "nosplit.csv", "all")] == [HAP]
+    assert [s.label for s in datasets.read_manifest(root / "nosplit.csv", "all")] == [HAP]
     with pytest.raises(ValueError, match="split column"):
-        R.read_manifest(root / "nosplit.csv", "train")
+        datasets.read_manifest(root / "nosplit.csv", "train")
     write(root / "badlabel.csv", "path,label\na.png,happy\na.png,contempt\n")
     with pytest.raises(ValueError, match=r"line 3.*contempt"):
-        R.read_manifest(root / "badlabel.csv", "all")
+        datasets.read_manifest(root / "badlabel.csv", "all")
     write(root / "missing.csv", "path,label\na.png,1\nnope/b.png,1\n")
     with pytest.raises(FileNotFoundError, match="b.png"):
-        R.read_manifest(root / "missing.csv", "all")
+        datasets.read_manifest(root / "missing.csv", "all")
     write(root / "header.csv", "file,emotion\na.png,1\n")
     with pytest.raises(ValueError, match="path"):
-        R.read_manifest(root / "header.csv", "all")
+        datasets.read_manifest(root / "header.csv", "all")
     with pytest.raises(FileNotFoundError, match="manifest.csv"):
-        R.read_manifest(root, "all")
+        datasets.read_manifest(root, "all")
 
 
 # ---------------------------------------------------------------------------------- subject folds
@@ -602,10 +602,10 @@ def check_folds(samples, folds, k):
 
 def test_kfold_balanced_by_hand():
     samples = subject_samples([4, 3, 2, 1, 1, 1])  # greedy largest first → 4 | 3+1 | 2+1+1
-    folds = R.kfold_by_subject(samples, k=3)
+    folds = splits.kfold_by_subject(samples, k=3)
     check_folds(samples, folds, 3)
     assert sorted(len(t) for _, t in folds) == [4, 4, 4]
-    assert folds == R.kfold_by_subject(samples, k=3)  # deterministic
+    assert folds == splits.kfold_by_subject(samples, k=3)  # deterministic
 
 
 @given(
@@ -615,23 +615,23 @@ def test_kfold_balanced_by_hand():
 )
 def test_kfold_properties(sizes, k, seed):
     samples = subject_samples(sizes)
-    folds = R.kfold_by_subject(samples, k=k, seed=seed)
+    folds = splits.kfold_by_subject(samples, k=k, seed=seed)
     check_folds(samples, folds, k)
     lens = [len(t) for _, t in folds]
     assert max(lens) - min(lens) <= max(sizes)
-    assert folds == R.kfold_by_subject(samples, k=k, seed=seed)
+    assert folds == splits.kfold_by_subject(samples, k=k, seed=seed)
 
 
 def test_kfold_errors(tmp_path):
     with pytest.raises(ValueError, match="subject"):
-        R.kfold_by_subject(subject_samples([1, 1, 1]), k=5)
+        splits.kfold_by_subject(subject_samples([1, 1, 1]), k=5)
     with pytest.raises(ValueError, match="no subject"):
-        R.kfold_by_subject(subject_samples([2] * 6) + [Sample(0, path=tmp_path)], k=5)
+        splits.kfold_by_subject(subject_samples([2] * 6) + [Sample(0, path=tmp_path)], k=5)
 
 
 def test_kfold_on_ckplus(tmp_path):
-    samples = R.read_ckplus(make_ckplus(tmp_path / "ck"))
-    check_folds(samples, R.kfold_by_subject(samples, k=3), 3)
+    samples = datasets.read_ckplus(make_ckplus(tmp_path / "ck"))
+    check_folds(samples, splits.kfold_by_subject(samples, k=3), 3)
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -639,14 +639,14 @@ def test_kfold_on_ckplus(tmp_path):
 
 def test_registry(tmp_path):
     names = {"rafdb", "affectnet", "sfew", "ckplus", "fer2013", "ferplus", "folder", "manifest"}
-    assert set(R.DATASET_READERS) == names
+    assert set(datasets.DATASET_READERS) == names
     raf = make_rafdb(tmp_path / "raf")
-    assert len(R.read_dataset("RAF-DB", raf, "train")) == 5
-    assert len(R.read_dataset("ck+", make_ckplus(tmp_path / "ck"), "all")) == 6
+    assert len(datasets.read_dataset("RAF-DB", raf, "train")) == 5
+    assert len(datasets.read_dataset("ck+", make_ckplus(tmp_path / "ck"), "all")) == 6
     aff = make_affectnet(tmp_path / "aff")
-    assert len(R.read_dataset("affectnet", aff, "test", num_classes=8)) == 3
+    assert len(datasets.read_dataset("affectnet", aff, "test", num_classes=8)) == 3
     fer = fer_csv(tmp_path / "fer" / "fer2013.csv")
-    assert len(R.read_dataset("fer2013", fer.parent, "val")) == 2
-    assert len(R.read_dataset("fer2013", fer, "test")) == 3
+    assert len(datasets.read_dataset("fer2013", fer.parent, "val")) == 2
+    assert len(datasets.read_dataset("fer2013", fer, "test")) == 3
     with pytest.raises(ValueError, match="rafdb.*manifest"):
-        R.read_dataset("jaffe", tmp_path, "train")
+        datasets.read_dataset("jaffe", tmp_path, "train")

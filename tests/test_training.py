@@ -5,14 +5,18 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from lnlatten_fast import evaluate as evaluate_cli
 from lnlatten_fast import predict as predict_cli
 from lnlatten_fast import train as train_cli
-from lnlatten_fast.training import metrics
-from lnlatten_fast.training.trainer import TrainSettings, train
+from lnlatten_fast.config import LNLConfig
+from lnlatten_fast.errors import ParameterError, cli_message
+from lnlatten_fast.training import checkpoint, metrics
+from lnlatten_fast.training.settings import TrainSettings
+from lnlatten_fast.training.trainer import train
 
 RUN_FILES = {
     "config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt",
@@ -27,7 +31,7 @@ WALL_CLOCK = {"train_seconds", "images_per_second"}
 
 def small_settings(out, **changes):
     base = dict(
-        epochs=2, batch_size=16, image_size=32, synthetic_train=56, synthetic_test=21,
+        epochs=2, batch_size=16, model=LNLConfig.tiny(image_size=32), synthetic_train=56, synthetic_test=21,
         out=str(out), cache_dir=str(out.parent / "cache"), seed=3,
     )
     base.update(changes)
@@ -80,8 +84,10 @@ def test_resume_continues_exactly(finished_run, tmp_path):
 
 def test_refuses_to_overwrite_a_finished_run(finished_run):
     out, _ = finished_run
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="pass `resume`") as error:
         train(small_settings(out))
+    assert error.value.parameter == "out"
+    assert "already holds a run; pass --resume" in cli_message(error.value)
 
 
 def test_evaluate_reproduces_the_recorded_accuracy(finished_run, capsys):
@@ -134,7 +140,7 @@ def test_bf16_precision_trains_on_cpu_and_evaluates(tmp_path, capsys):
 
 
 def test_precision_resolves_per_device():
-    from lnlatten_fast.training.trainer import resolve_precision
+    from lnlatten_fast.training.precision import resolve_precision
 
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
@@ -163,6 +169,121 @@ def test_cli_bad_flags_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_cli.main(["--precision", "fp8"])
     assert "--precision" in capsys.readouterr().err
+
+
+def test_model_flags_are_the_config_fields(capsys):
+    """Every LNLConfig field with flag help is a flag, documented with its per-preset default;
+    the flags given land in the preset's config, and nothing else does."""
+    from lnlatten_fast.cli import MODEL_FLAGS
+
+    assert {"image_size", "num_patches", "overlap", "alpha", "variant", "l2_lambda", "backend"} <= set(MODEL_FLAGS)
+    with pytest.raises(SystemExit):
+        train_cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in MODEL_FLAGS:
+        assert "--" + name.replace("_", "-") in text
+    assert "tiny 64, paper 144" in text  # --image-size's default under each preset
+    parse = train_cli.build_parser().parse_args
+    settings = train_cli.settings_from_args(parse([]))
+    assert settings.preset == "tiny" and settings.model == LNLConfig.tiny()
+    settings = train_cli.settings_from_args(parse(
+        ["--preset", "paper", "--alpha", "0.5", "--image-size", "auto", "--overlap", "none", "--l2-lambda", "0.002"]
+    ))
+    assert settings.model == LNLConfig.paper(alpha=0.5, l2_lambda=0.002)
+    settings = train_cli.settings_from_args(parse(["--num-patches", "9", "--overlap", "4", "--variant", "local"]))
+    assert settings.model == LNLConfig.tiny(num_patches=9, overlap=4, variant="local")
+
+
+def test_l2_lambda_reaches_the_model_config(tmp_path):
+    """--l2-lambda used to stop at TrainSettings: config.json and the checkpoints said 1e-4
+    whatever the run used. Now it is the model config's λ, and the optimizer uses it."""
+    out = tmp_path / "l2"
+    code = train_cli.main([
+        "--device", "cpu", "--epochs", "1", "--image-size", "32", "--synthetic-train", "16",
+        "--synthetic-test", "8", "--batch-size", "16", "--l2-lambda", "0.003",
+        "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+    ])
+    assert code == 0
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["settings"]["model"]["l2_lambda"] == 0.003 == recorded["model"]["l2_lambda"]
+    for name in ("best.pt", "last.pt"):
+        payload = torch.load(out / name, weights_only=True)
+        assert payload["config"]["l2_lambda"] == 0.003 == payload["settings"]["model"]["l2_lambda"]
+    decay = torch.load(out / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["weight_decay"]
+    assert decay == pytest.approx(2 * 0.003)  # decoupled: W <- W - lr·2λ·W
+
+
+# The settings a format-1 checkpoint held: the run's fields and seven model fields, flat.
+FORMAT_1_SETTINGS = {
+    "dataset", "data_root", "preset", "epochs", "batch_size", "lr", "lr_decay", "l2_lambda", "l2_mode",
+    "variant", "alpha", "num_patches", "overlap", "image_size", "backend", "device", "seed", "out",
+    "resume", "workers", "compile", "precision", "folds", "val_fraction", "cache_dir",
+    "synthetic_train", "synthetic_test", "crop_padding",
+}
+
+
+def as_format_1(path, l2_lambda):
+    """Rewrite a checkpoint as the code before nested settings wrote it."""
+    payload = torch.load(path, weights_only=True)
+    settings = dict(payload["settings"])
+    model = settings.pop("model")
+    settings.update({name: model[name] for name in ("variant", "alpha", "num_patches", "overlap", "image_size", "backend")})
+    settings["l2_lambda"] = l2_lambda
+    assert set(settings) == FORMAT_1_SETTINGS
+    payload.update(format="lnlatten_fast/1", settings=settings, config=dict(model, l2_lambda=1e-4))
+    torch.save(payload, path)
+
+
+def test_format_1_checkpoints_still_load(finished_run, tmp_path, capsys):
+    """Checkpoints with flat settings load for evaluate, predict and --resume; the λ they really
+    used (format 1 kept it in the settings only) becomes the model config's."""
+    out, _ = finished_run
+    old = tmp_path / "old.pt"
+    old.write_bytes((out / "best.pt").read_bytes())
+    as_format_1(old, l2_lambda=5e-4)
+    payload = checkpoint.load(old)
+    assert payload["format"] == checkpoint.FORMAT
+    assert payload["config"]["l2_lambda"] == 5e-4 == payload["settings"]["model"]["l2_lambda"]
+    settings = TrainSettings.from_dict(payload["settings"])
+    assert settings.model == LNLConfig.tiny(image_size=32, l2_lambda=5e-4) and settings.epochs == 2
+    assert evaluate_cli.main(["--checkpoint", str(old), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == pytest.approx(result["recorded_test_accuracy"], abs=1e-9)
+    face = tmp_path / "face.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(face)
+    assert predict_cli.main([str(face), "--checkpoint", str(old)]) == 0
+    assert capsys.readouterr().out.startswith(f"{face}: ")
+
+    half = tmp_path / "half"
+    train(small_settings(half, epochs=1))
+    for name in ("best.pt", "last.pt"):
+        as_format_1(half / name, l2_lambda=1e-4)
+    train(small_settings(half, epochs=2, resume=True))
+    assert read_metrics(half) == read_metrics(out)
+
+
+def test_cli_translates_library_errors_to_flags(tmp_path, capsys):
+    """Library errors name parameters; each command line shows the flag, on one error: line."""
+    cases = [
+        (["--alpha", "1.5"], "error: --alpha must lie in [0, 1]"),
+        (["--num-patches", "10"], "error:"),
+        (["--val-fraction", "1.5"], "error: --val-fraction must lie in [0, 1)"),
+        (["--device", "gpu"], "error: --device must be auto, cpu, cuda or cuda:N"),
+        (["--lr", "0"], "error: --lr must be a positive number"),
+    ]
+    for flags, message in cases:
+        assert train_cli.main(flags + ["--out", str(tmp_path / "x")]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith(message) and len(err.strip().splitlines()) == 1, (flags, err)
+    assert not (tmp_path / "x").exists()
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert capsys.readouterr().err.startswith("error: checkpoint")
+    assert predict_cli.main([str(tmp_path / "none.png"), "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert capsys.readouterr().err.startswith("error: checkpoint")
+    with pytest.raises(ParameterError, match="^epochs must be positive"):
+        train(TrainSettings(epochs=0, out=str(tmp_path / "y")))
 
 
 def test_metrics_on_a_known_confusion():

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .readers import Sample
+from .datasets import Sample
 
 __all__ = ["ImageSet", "default_cache_dir", "fingerprint", "build_image_cache", "cached_arrays", "decode_image"]
 

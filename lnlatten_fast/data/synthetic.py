@@ -72,7 +72,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .readers import CLASS_NAMES
+from .labels import CLASS_NAMES
 
 __all__ = [
     "CLASS_ATTRIBUTES",

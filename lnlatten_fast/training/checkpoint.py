@@ -1,8 +1,12 @@
 """Checkpoints: written atomically, loadable with `torch.load(weights_only=True)`.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts: `model` (state
-dict), `config` (LNLConfig fields), `settings` (the run's flags), `epoch`, `test_accuracy`,
-`class_names`, and in `last.pt` also `optimizer`, `scheduler`, `history` and `rng` for --resume.
+dict), `config` (LNLConfig fields), `settings` (`TrainSettings.to_dict()`, the model nested
+under `settings["model"]`), `epoch`, `test_accuracy`, `class_names`, `fold`, and in `last.pt`
+also `optimizer`, `scheduler`, `history` and `rng` for --resume.
+
+`load` returns every checkpoint in the current layout: older formats are migrated here, and
+only here.
 """
 
 from __future__ import annotations
@@ -12,14 +16,18 @@ from pathlib import Path
 
 import torch
 
-FORMAT = "lnlatten_fast/1"
+FORMAT = "lnlatten_fast/2"
+# Format 1 kept the run's settings flat, with these model fields beside the run's own; its
+# `config` recorded l2_lambda = 1e-4 whatever the run used (the settings held the real λ).
+_FORMAT_1 = "lnlatten_fast/1"
+_FORMAT_1_MODEL_FIELDS = ("variant", "alpha", "num_patches", "overlap", "image_size", "backend", "l2_lambda")
 
 
 def save_atomic(payload: dict, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
+    torch.save({**payload, "format": FORMAT}, tmp)
     os.replace(tmp, path)
 
 
@@ -31,6 +39,18 @@ def load(path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a torn or foreign file: say which one
         raise ValueError(f"checkpoint {path} could not be read: {error}") from error
+    if isinstance(payload, dict) and payload.get("format") == _FORMAT_1:
+        payload = _migrate_format_1(payload)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} is not an lnlatten_fast checkpoint (format {FORMAT} expected)")
     return payload
+
+
+def _migrate_format_1(payload: dict) -> dict:
+    """Nest the flat settings' model fields: the model is the recorded `config` with the λ the
+    run really used (format 1's `config` always said 1e-4)."""
+    settings = dict(payload["settings"])
+    model = dict(payload["config"], l2_lambda=settings["l2_lambda"])
+    for name in _FORMAT_1_MODEL_FIELDS:
+        settings.pop(name, None)
+    return {**payload, "format": FORMAT, "config": model, "settings": {**settings, "model": model}}

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import ParameterError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -24,17 +26,26 @@ class Context:
         return self.world_size > 1
 
 
+def pick_device(device: str) -> torch.device:
+    """"auto" (CUDA when torch sees one, else CPU), "cpu", "cuda" or "cuda:N"."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ParameterError("device", f"{device}: no CUDA device is visible to torch")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ParameterError("device", f"must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+
+
 def setup(device: str) -> Context:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); else a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is visible to torch")
+    chosen = pick_device(device)
     if world_size <= 1:
-        return Context(device=torch.device(device))
+        return Context(device=chosen)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
+    if chosen.type == "cuda":
         torch.cuda.set_device(local_rank)
         dev, backend = torch.device("cuda", local_rank), "nccl"
     else:

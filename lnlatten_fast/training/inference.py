@@ -1,27 +1,33 @@
-"""Load a trained model from a checkpoint and run it on images."""
+"""Load a trained model from a checkpoint and run it on image files.
+
+    from lnlatten_fast.training.inference import predict_files
+    result = predict_files(["face.jpg"], "runs/rafdb-paper/best.pt")
+    result.ranked[0]          # [("Happiness", 0.91), ("Neutral", 0.04), ("Surprise", 0.02)]
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import LNLConfig
 from ..data.cache import decode_image
+from ..data.datasets import Sample
 from ..data.pipeline import to_model_input
-from ..data.readers import Sample
+from ..geometry import PatchGeometry
 from ..model import LNLAttenNet
 from . import checkpoint
+from .distributed import pick_device
 
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is visible to torch")
-    return torch.device(device)
+__all__ = ["load_model", "load_images", "predict", "Predictions", "predict_files"]
 
 
 def load_model(path, device: torch.device, backend: str | None = None) -> tuple[LNLAttenNet, dict]:
+    """The checkpoint's model in eval mode on `device` (on `backend`, default the run's), and the
+    checkpoint's payload."""
     payload = checkpoint.load(path)
     config = LNLConfig.from_dict(payload["config"])
     if backend is not None:
@@ -33,8 +39,6 @@ def load_model(path, device: torch.device, backend: str | None = None) -> tuple[
 
 def load_images(paths, size: int) -> np.ndarray:
     """Image files -> uint8 (N, size, size, 3), decoded exactly as the training cache does."""
-    from pathlib import Path
-
     images = []
     for path in paths:
         path = Path(path)
@@ -49,3 +53,28 @@ def predict(model: LNLAttenNet, images_u8: np.ndarray, device: torch.device):
     """Class probabilities (N, C), non-local weights (N, M) and local weights (N, M)."""
     out = model(to_model_input(torch.from_numpy(np.ascontiguousarray(images_u8)).to(device)))
     return out.logits.float().softmax(dim=1).cpu(), out.nonlocal_weights.float().cpu(), out.local_weights.float().cpu()
+
+
+@dataclass
+class Predictions:
+    """What `predict_files` found, one entry per image, in the order given."""
+
+    images: np.ndarray  # uint8 (N, S, S, 3), as the model saw them
+    ranked: list[list[tuple[str, float]]]  # the top classes of each image, most probable first
+    nonlocal_weights: torch.Tensor  # w_g, (N, M)
+    geometry: PatchGeometry  # where each of the M regions lies
+
+
+def predict_files(paths, checkpoint_path, device: str = "auto", top: int = 3) -> Predictions:
+    """The `top` most probable expressions of each image file, by the model in `checkpoint_path`."""
+    chosen = pick_device(device)
+    model, payload = load_model(checkpoint_path, chosen)
+    images = load_images(paths, model.config.image_size)
+    names = payload["class_names"]
+    probs, nonlocal_weights, _ = predict(model, images, chosen)
+    best = probs.topk(min(top, len(names)), dim=1)
+    ranked = [
+        [(names[c], p) for p, c in zip(values, indices)]
+        for values, indices in zip(best.values.tolist(), best.indices.tolist())
+    ]
+    return Predictions(images, ranked, nonlocal_weights, model.geometry)

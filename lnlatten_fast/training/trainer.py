@@ -2,19 +2,15 @@
 
 Adam (lr 3e-4, x0.95 per epoch), eq. 3 loss, horizontal flip + random crop, 24 epochs, test
 accuracy every epoch, and the paper's number: the mean of the last 10 epochs' test accuracy.
-CK+ (and any dataset run with --folds K) is trained K times on subject-independent folds and
+CK+ (and any dataset run with `folds` = K) is trained K times on subject-independent folds and
 reported as mean ± std. Under torchrun the batch is split across processes with DDP.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import dataclasses
 import json
-import math
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -23,95 +19,22 @@ import torch
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from ..config import LNLConfig
-from ..data import readers
+from ..data import labels
 from ..data.cache import ImageSet
 from ..data.pipeline import BatchLoader
-from ..data.sources import load_split, stratified_holdout
+from ..data.splits import stratified_holdout
+from ..errors import PathExistsError
 from ..model import LNLAttenNet, lnl_loss
 from ..ops.dispatch import resolve_name
 from . import checkpoint, distributed, metrics
+from .evaluation import evaluate
+from .loading import load_data
+from .precision import autocast, resolve_precision
+from .settings import TrainSettings
+
+__all__ = ["LAST_EPOCHS_AVERAGED", "TrainSettings", "fit", "train", "summarize"]
 
 LAST_EPOCHS_AVERAGED = 10  # the paper reports the mean of the last 10 epochs
-# (batch size, Adam lr) per preset. The paper's lr is 3e-4; the tiny CPU preset takes 1e-3 and
-# batches of 32 so that the built-in synthetic run is past chance within its first epoch.
-PRESET_OPTIMISATION = {"paper": (64, 3e-4), "tiny": (32, 1e-3)}
-# auto: bf16 autocast on CUDA (the GPU's fast path), fp32 on CPU (CPU bf16 is emulated and
-# slower there); "bf16" on CPU runs the GPU's precision path under CPU autocast.
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-@dataclass
-class TrainSettings:
-    dataset: str = "synthetic"
-    data_root: str | None = None
-    preset: str = "tiny"
-    epochs: int = 24
-    batch_size: int | None = None  # None: the preset's (PRESET_OPTIMISATION)
-    lr: float | None = None  # None: the preset's
-    lr_decay: float = 0.95
-    l2_lambda: float = 1e-4  # eq. 3
-    l2_mode: str = "decoupled"  # "loss": λ·Σ‖W‖² added to the loss as written; see _optimizer
-    variant: str = "full"
-    alpha: float = 0.7
-    num_patches: int = 16
-    overlap: int | None = None
-    image_size: int | None = None  # None: the preset's
-    backend: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    out: str | None = None
-    resume: bool = False
-    workers: int = 0
-    compile: bool = False
-    precision: str = "auto"  # PRECISIONS
-    folds: int | None = None  # None: 5 for CK+, else the dataset's own train/test split
-    val_fraction: float = 0.0
-    cache_dir: str | None = None
-    synthetic_train: int | None = None
-    synthetic_test: int | None = None
-    crop_padding: int | None = None  # None: image_size // 16
-
-    def model_config(self) -> LNLConfig:
-        if self.preset not in ("tiny", "paper"):
-            raise ValueError(f"--preset must be tiny or paper, got {self.preset!r}")
-        make = LNLConfig.tiny if self.preset == "tiny" else LNLConfig.paper
-        overrides = dict(
-            variant=self.variant, alpha=self.alpha, num_patches=self.num_patches,
-            overlap=self.overlap, backend=self.backend, num_classes=readers.NUM_CLASSES,
-        )
-        if self.image_size is not None:
-            overrides["image_size"] = self.image_size
-        return make(**overrides)
-
-    def validate(self) -> None:
-        if self.preset not in PRESET_OPTIMISATION:
-            raise ValueError(f"--preset must be tiny or paper, got {self.preset!r}")
-        batch_size, lr = PRESET_OPTIMISATION[self.preset]
-        self.batch_size = batch_size if self.batch_size is None else self.batch_size
-        self.lr = lr if self.lr is None else self.lr
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
-        if self.l2_mode not in ("decoupled", "loss"):
-            raise ValueError(f"--l2-mode must be decoupled or loss, got {self.l2_mode!r}")
-        if not (self.l2_lambda >= 0 and math.isfinite(self.l2_lambda)):
-            raise ValueError(f"--l2-lambda must be a finite number >= 0, got {self.l2_lambda}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
-        if self.folds is not None and self.folds != 0 and self.folds < 2:
-            raise ValueError(f"--folds must be 0 (the dataset's own split) or >= 2, got {self.folds}")
-        self.model_config()  # raises on a bad variant, alpha, geometry or backend
-
-    @property
-    def num_folds(self) -> int:
-        if self.folds is None:
-            return 5 if self.dataset == "ckplus" else 0
-        return self.folds
 
 
 # ---- one training run ---------------------------------------------------------------------
@@ -129,49 +52,9 @@ def _optimizer(model: LNLAttenNet, settings: TrainSettings) -> torch.optim.Optim
     weights = model.regularized_weights()
     ids = {id(p) for p in weights}
     others = [p for p in model.parameters() if id(p) not in ids]
-    decay = 2 * settings.l2_lambda if settings.l2_mode == "decoupled" else 0.0
+    decay = 2 * settings.model.l2_lambda if settings.l2_mode == "decoupled" else 0.0
     groups = [{"params": weights, "weight_decay": decay}, {"params": others, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=settings.lr)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"fp32" or "bf16": what `precision` means on `device`."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
-    return precision
-
-
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast (master weights and gradients stay fp32), or nothing for fp32."""
-    if resolve_precision(precision, device) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def evaluate(
-    model: LNLAttenNet, images: ImageSet, batch_size: int, ctx: distributed.Context, precision: str = "auto"
-) -> dict:
-    """Accuracy, mean class accuracy and confusion matrix, summed over every rank's share."""
-    model.eval()
-    indices = np.arange(ctx.rank, len(images), ctx.world_size)  # disjoint shares, no padding
-    loader = BatchLoader(images.images, images.labels, indices, batch_size, ctx.device)
-    num_classes = model.config.num_classes
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=ctx.device)
-    for x, y in loader:
-        with autocast(precision, ctx.device):
-            logits = model(x).logits
-        confusion += metrics.confusion_matrix(logits.argmax(dim=1), y, num_classes)
-    confusion = distributed.all_reduce_sum(confusion, ctx).cpu()
-    return {
-        "accuracy": metrics.accuracy(confusion),
-        "mean_class_accuracy": metrics.mean_class_accuracy(confusion),
-        "confusion": confusion.tolist(),
-    }
 
 
 def _write_epoch(run_dir: Path, record: dict) -> None:
@@ -197,12 +80,12 @@ def fit(
     fold: int | None = None,
 ) -> dict:
     """Train one model; write metrics and checkpoints to `run_dir`; return its summary."""
-    cfg = settings.model_config()
+    cfg = settings.model
     torch.manual_seed(settings.seed)
     model = LNLAttenNet(cfg).to(ctx.device).channels_last()
     backend_used = resolve_name(cfg.backend, ctx.device)
     optimizer = _optimizer(model, settings)
-    loss_l2 = settings.l2_lambda if settings.l2_mode == "loss" else 0.0
+    loss_l2 = cfg.l2_lambda if settings.l2_mode == "loss" else 0.0
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_decay)
     history: list[dict] = []
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
@@ -271,8 +154,8 @@ def fit(
         if ctx.is_main:
             _write_epoch(run_dir, record)
             payload = dict(
-                model=model.state_dict(), config=cfg.to_dict(), settings=dataclasses.asdict(settings),
-                epoch=epoch + 1, test_accuracy=test["accuracy"], class_names=list(readers.CLASS_NAMES),
+                model=model.state_dict(), config=cfg.to_dict(), settings=settings.to_dict(),
+                epoch=epoch + 1, test_accuracy=test["accuracy"], class_names=list(labels.CLASS_NAMES),
                 fold=fold,
             )
             selection = record.get("val_accuracy", test["accuracy"])
@@ -319,7 +202,7 @@ def summarize(history: list[dict], settings: TrainSettings, backend: str, precis
         "images_per_second": total_images / sum(h["train_seconds"] for h in history),
         "dataset": settings.dataset,
         "preset": settings.preset,
-        "variant": settings.variant,
+        "variant": settings.model.variant,
         "backend": backend,
         "precision": precision,
         "confusion": history[-1]["confusion"],
@@ -335,43 +218,26 @@ def _prepare_run_dir(settings: TrainSettings, ctx: distributed.Context) -> Path:
     if ctx.is_main:
         finished = (run_dir / "metrics.jsonl").exists() or any(run_dir.glob("fold*/metrics.jsonl"))
         if finished and not settings.resume:
-            raise FileExistsError(
-                f"--out {run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            raise PathExistsError(
+                "out", f"{run_dir} already holds a run; pass `resume` to continue it or choose another `out`"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(
-            json.dumps({"settings": dataclasses.asdict(settings), "model": settings.model_config().to_dict()}, indent=2)
+            json.dumps({"settings": settings.to_dict(), "model": settings.model.to_dict()}, indent=2)
         )
     return run_dir
-
-
-def load_data(settings: TrainSettings, image_size: int) -> list[tuple[ImageSet, ImageSet]]:
-    """[(train, test)]: one pair, or one per subject-independent fold."""
-    common = dict(
-        image_size=image_size, data_root=settings.data_root, cache_dir=settings.cache_dir,
-        workers=settings.workers, seed=settings.seed,
-    )
-    if settings.num_folds:
-        everything = load_split(settings.dataset, "all", **common)
-        if everything.subjects is None or any(s is None for s in everything.subjects):
-            raise ValueError(f"--folds {settings.num_folds} needs a subject per image; {settings.dataset} has none")
-        folds = readers.kfold_by_subject(everything.subjects, k=settings.num_folds, seed=settings.seed)
-        return [(everything.subset(tr), everything.subset(te)) for tr, te in folds]
-    train = load_split(settings.dataset, "train", synthetic_size=settings.synthetic_train, **common)
-    test = load_split(settings.dataset, "test", synthetic_size=settings.synthetic_test, **common)
-    return [(train, test)]
 
 
 def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     metrics.plot_confusion(
-        summary["confusion"], readers.CLASS_NAMES, run_dir / "confusion_matrix.png",
-        f"{settings.dataset}, {settings.preset}/{settings.variant}: final epoch",
+        summary["confusion"], labels.CLASS_NAMES, run_dir / "confusion_matrix.png",
+        f"{settings.dataset}, {settings.preset}/{settings.model.variant}: final epoch",
     )
     lines = [
         f"# LNLAttenNet on {settings.dataset}",
         "",
-        f"- preset {settings.preset}, variant {settings.variant}, backend {summary['backend']}, "
+        f"- preset {settings.preset}, variant {settings.model.variant}, backend {summary['backend']}, "
         f"precision {summary['precision']}, {summary['epochs']} epochs",
         f"- test accuracy, mean of the last {LAST_EPOCHS_AVERAGED} epochs: **{summary['test_accuracy_last10_mean']:.4f}**"
         + (f" ± {summary['test_accuracy_last10_std']:.4f} over {summary['folds']} folds" if "folds" in summary else ""),
@@ -391,8 +257,7 @@ def train(settings: TrainSettings) -> dict:
     ctx = distributed.setup(settings.device)
     try:
         run_dir = _prepare_run_dir(settings, ctx)
-        cfg = settings.model_config()
-        splits = load_data(settings, cfg.image_size)
+        splits = load_data(settings, settings.model.image_size)
         val_set = None
         summaries = []
         for fold, (train_set, test_set) in enumerate(splits):

@@ -1,0 +1,102 @@
+"""What the command lines share: the model flags, derived from LNLConfig's fields, and how a
+library error becomes one `error:` line and exit status 2.
+
+A field of LNLConfig with flag help in its metadata (`config.flag_help`) is a flag
+`--field-name`; its type comes from the field's annotation (`int | None` also takes "none"),
+its choices from the metadata. Numeric flags also take "auto": the preset's value. Nothing is
+forwarded by hand: `model_overrides(args)` is the fields the user gave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Callable, Iterable
+
+from .config import PRESETS, LNLConfig, flag_help
+from .errors import as_flag, cli_message
+
+__all__ = [
+    "MODEL_FLAGS", "LIBRARY_ERRORS", "HelpFormatter", "add_model_flags", "model_overrides", "fail", "preset_defaults",
+]
+
+_HINTS = typing.get_type_hints(LNLConfig)
+#: The LNLConfig fields the command lines expose, in declaration order.
+MODEL_FLAGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(LNLConfig) if flag_help(f))
+#: What library code raises for a bad value, missing file or existing run: shown as one line.
+LIBRARY_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to a flag's help unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _nullable(name: str) -> bool:
+    return type(None) in typing.get_args(_HINTS[name])
+
+
+def _value_type(name: str) -> type:
+    args = [a for a in typing.get_args(_HINTS[name]) if a is not type(None)]
+    return args[0] if args else _HINTS[name]
+
+
+def _parser(name: str) -> Callable[[str], object]:
+    """text -> value of field `name`; "none"/"auto" -> None for numbers (see model_overrides)."""
+    base = _value_type(name)
+
+    def parse(text: str):
+        if base in (int, float) and text.strip().lower() in ("none", "auto"):
+            return None
+        return base(text)
+
+    parse.__name__ = base.__name__  # argparse says "invalid int value: 'x'"
+    return parse
+
+
+def preset_defaults(name: str) -> str:
+    """A field's default under each preset: "0.7", or "tiny 64, paper 144" where they differ."""
+    values = {preset: getattr(PRESETS[preset].config(), name) for preset in PRESETS}
+    shown = {preset: "none" if v is None else str(v) for preset, v in values.items()}
+    if len(set(shown.values())) == 1:
+        return next(iter(shown.values()))
+    return ", ".join(f"{preset} {v}" for preset, v in shown.items())
+
+
+def add_model_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    names: Iterable[str] = MODEL_FLAGS,
+    default: Callable[[str], str] = preset_defaults,
+) -> None:
+    """Add `--field-name` for each LNLConfig field in `names`; `default(name)` says, in the help,
+    what an absent flag means. An absent flag leaves no attribute on the parsed namespace."""
+    fields = {f.name: f for f in dataclasses.fields(LNLConfig)}
+    for name in names:
+        f = fields[name]
+        choices = f.metadata.get("choices")
+        help_text = f"{flag_help(f)} (default: {default(name)})"
+        if _value_type(name) is bool:
+            parser.add_argument(as_flag(name), action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+            continue
+        parser.add_argument(as_flag(name), type=str if choices else _parser(name), choices=choices,
+                            default=argparse.SUPPRESS, help=help_text)
+
+
+def model_overrides(args: argparse.Namespace, names: Iterable[str] = MODEL_FLAGS) -> dict:
+    """The LNLConfig fields the user set. None ("auto") for a field that cannot be None means the
+    preset's value, so it is left out; for one that can (overlap), None is the value."""
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return {name: v for name, v in given.items() if v is not None or _nullable(name)}
+
+
+def fail(error: Exception) -> int:
+    """Print the library error as the command line's one `error:` line; exit status 2."""
+    print(cli_message(error), file=sys.stderr)
+    return 2

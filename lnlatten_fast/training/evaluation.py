@@ -1,0 +1,77 @@
+"""Test accuracy: of a model on a set of images, and of a saved checkpoint on its run's test split.
+
+    from lnlatten_fast.training.evaluation import evaluate_checkpoint
+    result = evaluate_checkpoint("runs/rafdb-paper/best.pt")
+    result["accuracy"], result["recorded_test_accuracy"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.cache import ImageSet
+from ..data.pipeline import BatchLoader
+from ..model import LNLAttenNet
+from . import distributed, metrics
+from .inference import load_model
+from .loading import load_test_split
+from .precision import autocast
+from .settings import TrainSettings
+
+__all__ = ["evaluate", "evaluate_checkpoint"]
+
+
+@torch.no_grad()
+def evaluate(
+    model: LNLAttenNet, images: ImageSet, batch_size: int, ctx: distributed.Context, precision: str = "auto"
+) -> dict:
+    """Accuracy, mean class accuracy and confusion matrix, summed over every rank's share."""
+    model.eval()
+    indices = np.arange(ctx.rank, len(images), ctx.world_size)  # disjoint shares, no padding
+    loader = BatchLoader(images.images, images.labels, indices, batch_size, ctx.device)
+    num_classes = model.config.num_classes
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=ctx.device)
+    for x, y in loader:
+        with autocast(precision, ctx.device):
+            logits = model(x).logits
+        confusion += metrics.confusion_matrix(logits.argmax(dim=1), y, num_classes)
+    confusion = distributed.all_reduce_sum(confusion, ctx).cpu()
+    return {
+        "accuracy": metrics.accuracy(confusion),
+        "mean_class_accuracy": metrics.mean_class_accuracy(confusion),
+        "confusion": confusion.tolist(),
+    }
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    device: str = "auto",
+    backend: str | None = None,
+    precision: str | None = None,
+    batch_size: int = 128,
+) -> dict:
+    """Load `checkpoint`, rebuild its run's test split (its fold for a K-fold run) and evaluate.
+
+    `dataset`, `data_root`, `backend` and `precision` default to the run's. Returns `evaluate`'s
+    result plus `checkpoint`, `epoch`, `dataset`, `images` and `recorded_test_accuracy` (what
+    the run measured when it saved the checkpoint).
+    """
+    chosen = distributed.pick_device(device)
+    model, payload = load_model(checkpoint, chosen, backend)
+    settings = TrainSettings.from_dict(payload["settings"])
+    settings.dataset = dataset or settings.dataset
+    settings.data_root = data_root or settings.data_root
+    test_set = load_test_split(settings, model.config.image_size, payload.get("fold"))
+    ctx = distributed.Context(device=chosen)
+    result = evaluate(model, test_set, batch_size, ctx, precision or settings.precision)
+    result.update(
+        checkpoint=str(checkpoint), epoch=payload["epoch"], dataset=settings.dataset,
+        images=len(test_set), recorded_test_accuracy=payload["test_accuracy"],
+    )
+    return result

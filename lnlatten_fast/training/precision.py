@@ -1,0 +1,35 @@
+"""Which arithmetic a run uses: fp32, or bf16 autocast with fp32 master weights.
+
+auto: bf16 autocast on CUDA (the GPU's fast path), fp32 on CPU (CPU bf16 is emulated and slower
+there); "bf16" on CPU runs the GPU's precision path under CPU autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..errors import ParameterError
+
+__all__ = ["PRECISIONS", "resolve_precision", "autocast"]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"fp32" or "bf16": what `precision` means on `device`."""
+    if precision not in PRECISIONS:
+        raise ParameterError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ParameterError("precision", f"bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast (master weights and gradients stay fp32), or nothing for fp32."""
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

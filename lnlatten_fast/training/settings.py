@@ -1,0 +1,107 @@
+"""TrainSettings: everything one training run needs, with the model's LNLConfig nested in it.
+
+    settings = TrainSettings(dataset="rafdb", data_root="/data/RAF-DB/basic", preset="paper",
+                             model=LNLConfig.paper(alpha=0.5))
+    settings.validate()   # fills in the preset's model, batch size and lr where left None
+
+Errors name the field (`ParameterError("epochs", ...)`); the command line shows them as flags.
+A checkpoint stores `to_dict()`; `from_dict` reads it back (checkpoints written before the
+model was nested are migrated by `checkpoint.load`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from ..config import PRESETS, LNLConfig
+from ..data.labels import NUM_CLASSES
+from ..errors import ParameterError
+from .precision import PRECISIONS
+
+__all__ = ["TrainSettings", "L2_MODES"]
+
+# "decoupled": W <- W - lr·2λ·W outside Adam (AdamW); "loss": λ·Σ‖W‖² in the loss (eq. 3 as
+# written). See trainer._optimizer.
+L2_MODES = ("decoupled", "loss")
+
+
+@dataclass
+class TrainSettings:
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    preset: str = "tiny"  # a PRESETS key: the defaults of model, batch_size and lr
+    model: LNLConfig | None = None  # None: the preset's (eq. 3's λ is model.l2_lambda)
+    epochs: int = 24
+    batch_size: int | None = None  # None: the preset's
+    lr: float | None = None  # None: the preset's
+    lr_decay: float = 0.95
+    l2_mode: str = "decoupled"  # L2_MODES
+    device: str = "auto"
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+    workers: int = 0
+    compile: bool = False
+    precision: str = "auto"  # PRECISIONS
+    folds: int | None = None  # None: 5 for CK+, else the dataset's own train/test split
+    val_fraction: float = 0.0
+    cache_dir: str | None = None
+    synthetic_train: int | None = None
+    synthetic_test: int | None = None
+    crop_padding: int | None = None  # None: image_size // 16
+
+    def validate(self) -> None:
+        """Check every field, and fill in the preset's model, batch size and lr where None."""
+        if self.preset not in PRESETS:
+            raise ParameterError("preset", f"must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        preset = PRESETS[self.preset]
+        self.model = preset.config() if self.model is None else self.model
+        self.batch_size = preset.batch_size if self.batch_size is None else self.batch_size
+        self.lr = preset.lr if self.lr is None else self.lr
+        if not isinstance(self.model, LNLConfig):
+            raise TypeError(f"model must be an LNLConfig, got {type(self.model).__name__}")
+        self.model.validate()  # its fields name themselves (alpha, l2_lambda, ...)
+        if self.model.num_classes != NUM_CLASSES:
+            raise ParameterError(
+                "num_classes", f"must be {NUM_CLASSES}, the canonical label space, got {self.model.num_classes}"
+            )
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ParameterError(name, f"must be positive, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ParameterError("lr", f"must be a positive number, got {self.lr}")
+        if self.l2_mode not in L2_MODES:
+            raise ParameterError("l2_mode", f"must be decoupled or loss, got {self.l2_mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ParameterError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.workers < 0:
+            raise ParameterError("workers", f"must be >= 0, got {self.workers}")
+        if self.folds is not None and self.folds != 0 and self.folds < 2:
+            raise ParameterError("folds", f"must be 0 (the dataset's own split) or >= 2, got {self.folds}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ParameterError(
+                "val_fraction", f"must lie in [0, 1) (0: no validation set), got {self.val_fraction}"
+            )
+
+    @property
+    def num_folds(self) -> int:
+        if self.folds is None:
+            return 5 if self.dataset == "ckplus" else 0
+        return self.folds
+
+    def to_dict(self) -> dict:
+        """Plain values only (the model as a dict): what config.json and checkpoints hold."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainSettings":
+        data = dict(data)
+        if data.get("model") is not None:
+            data["model"] = LNLConfig.from_dict(data["model"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown TrainSettings fields: {sorted(unknown)}")
+        return cls(**data)
