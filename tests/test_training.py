@@ -117,16 +117,19 @@ def test_predict_prints_top3_and_draws_the_heatmap(finished_run, tmp_path, capsy
     assert heatmap.stat().st_size > 1000
 
 
+def _train_one_cli_epoch(out, *flags):
+    """`python -m lnlatten_fast.train` for one small CPU epoch into `out`; returns `out`."""
+    code = train_cli.main(["--device", "cpu", "--epochs", "1", "--image-size", "32", "--batch-size", "16",
+                           "--out", str(out), "--cache-dir", str(out.parent / "cache"), *flags])
+    assert code == 0
+    return out
+
+
 def test_bf16_precision_trains_on_cpu_and_evaluates(tmp_path, capsys):
     """--precision bf16 on CPU runs the GPU's path (bf16 autocast) end to end; evaluate reuses
     the run's precision and reproduces the recorded accuracy."""
-    out = tmp_path / "bf16"
-    code = train_cli.main([
-        "--device", "cpu", "--precision", "bf16", "--epochs", "1", "--image-size", "32",
-        "--synthetic-train", "64", "--synthetic-test", "32", "--batch-size", "16",
-        "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
-    ])
-    assert code == 0
+    out = _train_one_cli_epoch(tmp_path / "bf16", "--precision", "bf16", "--synthetic-train", "64",
+                               "--synthetic-test", "32")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["precision"] == "bf16"
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
@@ -197,13 +200,8 @@ def test_model_flags_are_the_config_fields(capsys):
 def test_l2_lambda_reaches_the_model_config(tmp_path):
     """--l2-lambda used to stop at TrainSettings: config.json and the checkpoints said 1e-4
     whatever the run used. Now it is the model config's λ, and the optimizer uses it."""
-    out = tmp_path / "l2"
-    code = train_cli.main([
-        "--device", "cpu", "--epochs", "1", "--image-size", "32", "--synthetic-train", "16",
-        "--synthetic-test", "8", "--batch-size", "16", "--l2-lambda", "0.003",
-        "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
-    ])
-    assert code == 0
+    out = _train_one_cli_epoch(tmp_path / "l2", "--synthetic-train", "16", "--synthetic-test", "8",
+                               "--l2-lambda", "0.003")
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["settings"]["model"]["l2_lambda"] == 0.003 == recorded["model"]["l2_lambda"]
     for name in ("best.pt", "last.pt"):
