@@ -19,11 +19,12 @@ instead of torch.empty; an element a kernel does not write makes `relative_error
 import subprocess
 import sys
 import threading
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+import harness
+from cases import Case
 from helpers import TOLERANCE, assert_all_close, relative_error
 
 import lnlatten_fast as lf
@@ -32,11 +33,6 @@ from lnlatten_fast.ops._outputs import poisoned_outputs
 from lnlatten_fast.ops.triton import _common, conv3x3, conv3x3_backward
 from lnlatten_fast.ops.triton import patches as triton_patches
 
-# The triton implementations, as the comparisons call them: fn(TRITON, ...) vs fn(reference, ...).
-TRITON = SimpleNamespace(
-    extract_patches=triton_patches.extract_patches, overlap_add=triton_patches.overlap_add,
-    patch_conv3x3=conv3x3.patch_conv3x3, grouped_conv3x3=conv3x3.grouped_conv3x3,
-)
 KERNEL_MODULES = (triton_patches, conv3x3, conv3x3_backward)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -101,30 +97,13 @@ def on_fresh_stack(fn):
     return box["result"]
 
 
-def against_reference(fn, inputs, dtype, seed):
-    """Forward + backward of fn(module, *inputs) with module = TRITON and = reference
-    (on a fresh stack, see on_fresh_stack).
-
-    The reference gets float64 copies of the same inputs and the same upstream gradient.
-    Returns (got, expected): [output, grad of each non-None input], expected cast to dtype.
-    """
-    return on_fresh_stack(lambda: _against_reference(fn, inputs, dtype, seed))
-
-
-def _against_reference(fn, inputs, dtype, seed):
-    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in inputs]
-    out = fn(TRITON, *leaves)
-    gen = torch.Generator().manual_seed(seed)
-    upstream = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype).to(out.device)
-    out.backward(upstream)
-
-    ref_leaves = [None if t is None else t.detach().double().requires_grad_(True) for t in inputs]
-    ref_out = fn(reference, *ref_leaves)
-    ref_out.backward(upstream.double())
-
-    got = [out.detach()] + [t.grad for t in leaves if t is not None]
-    expected = [ref_out.detach().to(dtype)] + [t.grad.to(dtype) for t in ref_leaves if t is not None]
-    return got, expected
+def against_reference(fn, tensors, dtype, seed):
+    """fn(backend, *tensors) on triton against the float64 reference (tests/ops/harness.py), on
+    a fresh stack (see on_fresh_stack). Returns (got, expected): outputs then input gradients."""
+    case = Case(fn, tensors, [None] * len(tensors))
+    (outs, grads), (ref_outs, ref_grads) = on_fresh_stack(
+        lambda: harness.against_reference(case, "triton", dtype, seed=seed))
+    return outs + grads, ref_outs + ref_grads
 
 
 def assert_each_close(got, expected, dtype):
@@ -192,8 +171,8 @@ def test_pool_backward_with_ties_and_dead_relu(relu):
     bias[1] = -100.0  # window 1: every pre-activation negative
     bias[3] = 0.5  # window 3: constant positive input -> exact ties in every pool window
 
-    def fn(ops, x, w, b):
-        return ops.grouped_conv3x3(x, w, b, relu=relu, pool=True)
+    def fn(backend, x, w, b):
+        return lf.ops.grouped_conv3x3(x, w, b, relu=relu, pool=True, backend=backend)
 
     got, expected = against_reference(fn, [h, weight, bias], torch.float32, seed=3)
     assert_each_close(got, expected, torch.float32)
@@ -211,11 +190,11 @@ def test_largest_test_shapes():
     w2 = (torch.randn(16, 13, 16, 3, 3, device=DEVICE) / 12).half()
     b2 = torch.randn(16, 13, device=DEVICE).half()
 
-    def patch(ops, x, w, b):
-        return ops.patch_conv3x3(x, w, b, geom, relu=True)
+    def patch(backend, x, w, b):
+        return lf.ops.patch_conv3x3(x, w, b, geom, relu=True, backend=backend)
 
-    def grouped(ops, x, w, b):
-        return ops.grouped_conv3x3(x, w, b, relu=True, pool=True)
+    def grouped(backend, x, w, b):
+        return lf.ops.grouped_conv3x3(x, w, b, relu=True, pool=True, backend=backend)
 
     got, expected = against_reference(patch, [f9, w1, b1], torch.float32, seed=0)
     assert_each_close(got, expected, torch.float32)
@@ -236,9 +215,9 @@ def test_wide_channels(pool):
     b1 = torch.randn(4, 70, device=DEVICE)
     w2 = torch.randn(4, 66, 70, 3, 3, device=DEVICE) / 25
 
-    def fn(ops, x, w1, b1, w2):
-        h = ops.patch_conv3x3(x, w1, b1, geom)
-        return ops.grouped_conv3x3(h, w2, None, pool=pool)
+    def fn(backend, x, w1, b1, w2):
+        h = lf.ops.patch_conv3x3(x, w1, b1, geom, backend=backend)
+        return lf.ops.grouped_conv3x3(h, w2, None, pool=pool, backend=backend)
 
     got, expected = against_reference(fn, [f9, w1, b1, w2], torch.float32, seed=0)
     assert_each_close(got, expected, torch.float32)
@@ -257,10 +236,10 @@ def test_bfloat16():
     w2 = randn(4, 4, 5, 3, 3, dtype=dtype) / 6
     b2 = randn(4, 4, dtype=dtype)
 
-    def fn(ops, x, w1, b1, w2, b2):
-        patches = ops.extract_patches(x, geom)
-        h = ops.patch_conv3x3(x, w1, b1, geom) + ops.overlap_add(patches, geom).mean()
-        return ops.grouped_conv3x3(h, w2, b2, pool=True)
+    def fn(backend, x, w1, b1, w2, b2):
+        patches = lf.ops.extract_patches(x, geom, backend=backend)
+        h = lf.ops.patch_conv3x3(x, w1, b1, geom, backend=backend) + lf.ops.overlap_add(patches, geom, backend=backend).mean()
+        return lf.ops.grouped_conv3x3(h, w2, b2, pool=True, backend=backend)
 
     got, expected = against_reference(fn, [f9, w1, b1, w2, b2], dtype, seed=0)
     assert_each_close(got, expected, dtype)
@@ -274,9 +253,9 @@ def test_float64_matches_to_rounding():
     b1 = torch.randn(9, 4, dtype=torch.float64, device=DEVICE)
     w2 = torch.randn(9, 5, 4, 3, 3, dtype=torch.float64, device=DEVICE)
 
-    def fn(ops, x, w1, b1, w2):
-        h = ops.patch_conv3x3(x, w1, b1, geom)
-        return ops.grouped_conv3x3(h, w2, None, pool=True)
+    def fn(backend, x, w1, b1, w2):
+        h = lf.ops.patch_conv3x3(x, w1, b1, geom, backend=backend)
+        return lf.ops.grouped_conv3x3(h, w2, None, pool=True, backend=backend)
 
     got, expected = against_reference(fn, [f9, w1, b1, w2], torch.float64, seed=0)
     for g, e in zip(got, expected):
@@ -292,8 +271,8 @@ def test_weight_grad_batch_splits(monkeypatch, pool):
     weight = torch.randn(4, 3, 5, 3, 3, device=DEVICE)
     bias = torch.randn(4, 3, device=DEVICE)
 
-    def fn(ops, x, w, b):
-        return ops.grouped_conv3x3(x, w, b, relu=True, pool=pool)
+    def fn(backend, x, w, b):
+        return lf.ops.grouped_conv3x3(x, w, b, relu=True, pool=pool, backend=backend)
 
     got, expected = against_reference(fn, [h, weight, bias], torch.float32, seed=1)
     assert_each_close(got, expected, torch.float32)
@@ -315,10 +294,10 @@ def test_empty_batch_launches_nothing(monkeypatch):
     w1 = torch.randn(4, 5, 3, 3, 3, device=DEVICE, requires_grad=True)
     b1 = torch.randn(4, 5, device=DEVICE, requires_grad=True)
     w2 = torch.randn(4, 6, 5, 3, 3, device=DEVICE, requires_grad=True)
-    patches = TRITON.extract_patches(f9, geom)
-    back = TRITON.overlap_add(patches, geom)
-    h = TRITON.patch_conv3x3(f9, w1, b1, geom)
-    out = TRITON.grouped_conv3x3(h, w2, None, pool=True)
+    patches = lf.ops.extract_patches(f9, geom, backend="triton")
+    back = lf.ops.overlap_add(patches, geom, backend="triton")
+    h = lf.ops.patch_conv3x3(f9, w1, b1, geom, backend="triton")
+    out = lf.ops.grouped_conv3x3(h, w2, None, pool=True, backend="triton")
     assert patches.shape == (0, 4, 3, 4, 4) and back.shape == (0, 3, 7, 7)
     assert h.shape == (0, 4, 5, 4, 4) and out.shape == (0, 4, 6, 2, 2)
     (back.sum() + out.sum()).backward()
@@ -338,7 +317,7 @@ def test_poisoning_catches_an_unwritten_output(monkeypatch):
     monkeypatch.setattr(conv3x3, "_conv3x3_fwd_kernel", _Skip())
     h = torch.randn(1, 4, 2, 3, 3, device=DEVICE)
     w = torch.randn(4, 2, 2, 3, 3, device=DEVICE)
-    out = TRITON.grouped_conv3x3(h, w, None)
+    out = lf.ops.grouped_conv3x3(h, w, None, backend="triton")
     assert torch.isnan(out).all()
     with pytest.raises(AssertionError):
         assert_all_close([out], [reference.grouped_conv3x3(h, w, None)], torch.float32)
@@ -365,7 +344,7 @@ def test_nan_propagates_through_the_fused_relu_and_pool(relu, pool):
     b = randn(4, 5, dtype=dtype)
     b[2, 1] = float("nan")
     got, expected = against_reference(
-        lambda ops, x, w, b: ops.grouped_conv3x3(x, w, b, relu=relu, pool=pool), [h, w, b], dtype, seed=5)
+        lambda backend, x, w, b: lf.ops.grouped_conv3x3(x, w, b, relu=relu, pool=pool, backend=backend), [h, w, b], dtype, seed=5)
     assert torch.isnan(got[0]).any() and not torch.isnan(got[0]).all()
     _assert_same_nans_and_close(got, expected, dtype)
 
@@ -380,7 +359,7 @@ def test_nan_propagates_through_the_fused_patch_conv():
     w = randn(4, 3, 2, 3, 3, dtype=dtype)
     b = randn(4, 3, dtype=dtype)
     got, expected = against_reference(
-        lambda ops, x, w, b: ops.patch_conv3x3(x, w, b, geom, relu=True), [f9, w, b], dtype, seed=6)
+        lambda backend, x, w, b: lf.ops.patch_conv3x3(x, w, b, geom, relu=True, backend=backend), [f9, w, b], dtype, seed=6)
     assert torch.isnan(got[0]).any()
     _assert_same_nans_and_close(got, expected, dtype)
 
@@ -397,9 +376,9 @@ def test_bfloat16_on_cuda(pool):
     b1 = randn(9, 24, dtype=dtype)
     w2 = randn(9, 16, 24, 3, 3, dtype=dtype) / 15
 
-    def fn(ops, x, w1, b1, w2):
-        h = ops.patch_conv3x3(x, w1, b1, geom)
-        return ops.grouped_conv3x3(h, w2, None, pool=pool)
+    def fn(backend, x, w1, b1, w2):
+        h = lf.ops.patch_conv3x3(x, w1, b1, geom, backend=backend)
+        return lf.ops.grouped_conv3x3(h, w2, None, pool=pool, backend=backend)
 
     got, expected = against_reference(fn, [f9, w1, b1, w2], dtype, seed=0)
     assert_each_close(got, expected, dtype)
@@ -416,8 +395,8 @@ def test_paper_shape_on_cuda(dtype):
     w = randn(16, 64, 64, 3, 3, dtype=dtype) / 24
     b = randn(16, 64, dtype=dtype)
 
-    def fn(ops, x, w, b):
-        return ops.patch_conv3x3(x, w, b, geom)
+    def fn(backend, x, w, b):
+        return lf.ops.patch_conv3x3(x, w, b, geom, backend=backend)
 
     got, expected = against_reference(fn, [f9, w, b], dtype, seed=0)
     assert_each_close(got, expected, dtype)
