@@ -409,24 +409,22 @@ def test_fer2013_labels_splits_pixels(tmp_path):
     assert len(datasets.read_fer2013(path.parent, "all")) == 9  # directory root works too
 
 
-def test_fer2013_errors(tmp_path):
+def test_fer2013_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="fer2013.csv"):
         datasets.read_fer2013(tmp_path, "train")
-    short = fer_csv(tmp_path / "a.csv", bad_row=f"3,{' '.join(['1'] * 2303)},Training")
-    with pytest.raises(ValueError, match=r"line 11.*2304"):
-        datasets.read_fer2013(short, "train")
-    big = fer_csv(tmp_path / "b.csv", bad_row=f"3,{' '.join(['256'] * 2304)},Training")
-    with pytest.raises(ValueError, match=r"line 11"):
-        datasets.read_fer2013(big, "train")
-    junk = fer_csv(tmp_path / "c.csv", bad_row=f"3,{' '.join(['x'] * 2304)},Training")
-    with pytest.raises(ValueError, match=r"line 11"):
-        datasets.read_fer2013(junk, "train")
-    usage = fer_csv(tmp_path / "d.csv", bad_row=f"3,{' '.join(['1'] * 2304)},Validation")
-    with pytest.raises(ValueError, match=r"line 11.*Usage"):
-        datasets.read_fer2013(usage, "all")
-    code = fer_csv(tmp_path / "e.csv", bad_row=f"7,{' '.join(['1'] * 2304)},Training")
-    with pytest.raises(ValueError, match=r"line 11.*emotion"):
-        datasets.read_fer2013(code, "train")
+
+
+@pytest.mark.parametrize("bad_row,split,message", [
+    (f"3,{' '.join(['1'] * 2303)},Training", "train", r"line 11.*2304"),  # one pixel short
+    (f"3,{' '.join(['256'] * 2304)},Training", "train", r"line 11"),  # pixel past 255
+    (f"3,{' '.join(['x'] * 2304)},Training", "train", r"line 11"),  # not a number
+    (f"3,{' '.join(['1'] * 2304)},Validation", "all", r"line 11.*Usage"),  # unknown usage
+    (f"7,{' '.join(['1'] * 2304)},Training", "train", r"line 11.*emotion"),  # unknown emotion
+])
+def test_fer2013_bad_rows_name_the_line(tmp_path, bad_row, split, message):
+    path = fer_csv(tmp_path / "bad.csv", bad_row=bad_row)
+    with pytest.raises(ValueError, match=message):
+        datasets.read_fer2013(path, split)
 
 
 # ---------------------------------------------------------------------------------- FERPlus
