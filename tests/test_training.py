@@ -311,3 +311,26 @@ def test_ddp_two_processes_on_gloo(tmp_path):
     # every test image counted once across the two ranks
     assert sum(map(sum, summary["confusion"])) == 21
     assert evaluate_cli.main(["--checkpoint", str(out / "last.pt"), "--json"]) == 0
+
+
+def test_eager_measurement_before_compile_leaves_model_and_rng_as_found():
+    """--compile on CUDA first runs one eager step so `auto` can time its conv candidates; that
+    step must not change the weights, leave gradients behind or shift the RNG stream (the
+    training run stays the one the seed defines)."""
+    import numpy as np
+
+    import lnlatten_fast as lf
+    from lnlatten_fast.data.cache import ImageSet
+    from lnlatten_fast.training.trainer import _measure_conv_choices
+
+    torch.manual_seed(0)
+    model = lf.LNLAttenNet(lf.LNLConfig.tiny(image_size=32, dropout=0.5))
+    images = ImageSet(np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8),
+                      np.arange(5) % 7)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rng = torch.get_rng_state()
+    _measure_conv_choices(model, images, batch_size=4, precision="bf16", device=torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout drew inside a forked stream
+    for name, p in model.named_parameters():
+        assert p.grad is None, name
+        assert torch.equal(p, weights[name]), name
