@@ -63,6 +63,16 @@ def _run_for_timing(fn, inputs):
         out.sum().backward()
 
 
+def _run_conv(op: str, backend: str, inputs: tuple, flags: tuple, call):
+    """`call(impl, x, weight, bias)` with `backend`'s implementation of `op`; for `auto`, the
+    one measured fastest for this shape (on CUDA, see dispatch.conv_backend)."""
+    device = inputs[0].device
+    if backend == "auto":
+        backend = conv_backend(op, _conv_key(*inputs, *flags), device, lambda name: _run_for_timing(
+            lambda *copies: call(implementation(op, name, device), *copies), inputs))
+    return call(implementation(op, backend, device), *inputs)
+
+
 def extract_patches(f9: torch.Tensor, geom: PatchGeometry, backend: str = "auto") -> torch.Tensor:
     """Cut the M windows of `geom` out of f9 (B, C, H, W) -> (B, M, C, P, P).
 
@@ -94,12 +104,8 @@ def patch_conv3x3(
     _checks.check_feature_map(f9, geom)
     f9, weight, bias = _follow_autocast(f9.device, f9, weight, bias)
     _checks.check_conv_params(f9, "f9", weight, bias, geom.num_patches, f9.shape[1])
-    if backend == "auto":
-        inputs = (f9, weight, bias)
-        key = _conv_key(*inputs, geom.grid, geom.patch, geom.stride, relu)
-        backend = conv_backend("patch_conv3x3", key, f9.device, lambda name: _run_for_timing(
-            lambda x, w, b: implementation("patch_conv3x3", name, f9.device)(x, w, b, geom, relu=relu), inputs))
-    return implementation("patch_conv3x3", backend, f9.device)(f9, weight, bias, geom, relu=relu)
+    return _run_conv("patch_conv3x3", backend, (f9, weight, bias), (geom.grid, geom.patch, geom.stride, relu),
+                     lambda impl, x, w, b: impl(x, w, b, geom, relu=relu))
 
 
 def grouped_conv3x3(
@@ -120,12 +126,8 @@ def grouped_conv3x3(
     _checks.check_conv_params(h, "h", weight, bias, h.shape[1], h.shape[2])
     if pool and min(h.shape[-2:]) < 2:
         raise ValueError(f"pool=True needs H, W >= 2, got h of shape {tuple(h.shape)}")
-    if backend == "auto":
-        inputs = (h, weight, bias)
-        key = _conv_key(*inputs, relu, pool)
-        backend = conv_backend("grouped_conv3x3", key, h.device, lambda name: _run_for_timing(
-            lambda x, w, b: implementation("grouped_conv3x3", name, h.device)(x, w, b, relu=relu, pool=pool), inputs))
-    return implementation("grouped_conv3x3", backend, h.device)(h, weight, bias, relu=relu, pool=pool)
+    return _run_conv("grouped_conv3x3", backend, (h, weight, bias), (relu, pool),
+                     lambda impl, x, w, b: impl(x, w, b, relu=relu, pool=pool))
 
 
 def l1_nonlocal_attention(

@@ -18,7 +18,7 @@ from ..model import LNLAttenNet
 from . import distributed, metrics
 from .inference import load_model
 from .loading import load_test_split
-from .precision import autocast
+from .precision import autocast, resolve_precision
 from .settings import TrainSettings
 
 __all__ = ["evaluate", "evaluate_checkpoint"]
@@ -30,6 +30,7 @@ def evaluate(
 ) -> dict:
     """Accuracy, mean class accuracy and confusion matrix, summed over every rank's share."""
     model.eval()
+    precision = resolve_precision(precision, ctx.device)  # once, and before any batch is loaded
     indices = np.arange(ctx.rank, len(images), ctx.world_size)  # disjoint shares, no padding
     loader = BatchLoader(images.images, images.labels, indices, batch_size, ctx.device)
     num_classes = model.config.num_classes

@@ -12,15 +12,19 @@ import torch
 
 from ..errors import ParameterError
 
-__all__ = ["PRECISIONS", "resolve_precision", "autocast"]
+__all__ = ["PRECISIONS", "check_precision", "resolve_precision", "autocast"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"fp32" or "bf16": what `precision` means on `device`."""
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ParameterError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"fp32" or "bf16": what `precision` means on `device`."""
+    check_precision(precision)
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():

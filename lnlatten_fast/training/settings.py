@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..config import PRESETS, LNLConfig
 from ..data.labels import NUM_CLASSES
 from ..errors import ParameterError
-from .precision import PRECISIONS
+from .precision import check_precision
 
 __all__ = ["TrainSettings", "L2_MODES"]
 
@@ -74,8 +74,7 @@ class TrainSettings:
             raise ParameterError("lr", f"must be a positive number, got {self.lr}")
         if self.l2_mode not in L2_MODES:
             raise ParameterError("l2_mode", f"must be decoupled or loss, got {self.l2_mode!r}")
-        if self.precision not in PRECISIONS:
-            raise ParameterError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.workers < 0:
             raise ParameterError("workers", f"must be >= 0, got {self.workers}")
         if self.folds is not None and self.folds != 0 and self.folds < 2:

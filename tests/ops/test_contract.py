@@ -122,7 +122,7 @@ class _RecordCustomOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("op,backend", [p for p in FAST])
+@pytest.mark.parametrize("op,backend", FAST)
 def test_opcheck_every_custom_op(op, backend):
     """Schema, fakes (shapes and strides) and autograd registration of every custom op the
     implementation calls, forward and backward, on the arguments it really passes."""
