@@ -52,9 +52,9 @@ How
 Patches (small, undone at exit; also listed in the report header):
 * `lnlatten_fast.ops.dispatch._AVAILABILITY[("triton", "meta")]`: backend resolution only
   knows "cpu" and "cuda"; this adds meta as usable for the triton backend.
-* `lnlatten_fast.ops.triton.conv3x3_backward._target_programs`: off CUDA it counts one SM, which would
+* `lnlatten_fast.ops.triton._common.multiprocessor_count`: off CUDA it counts one SM, which would
   give the grad-weight kernels a different batch split (grid and B_PER_SPLIT argument) than on
-  the target; patched to `_WEIGHT_GRAD_PROGRAMS_PER_SM x SM count of the target`.
+  the target; patched to the target's SM count.
 * aten.convolution output layout: torch's meta kernel always returns a contiguous output
   ("meta tensors have no device info"), whereas cuDNN returns channels-last when the input or
   the weight is channels-last. F9 (read by the first SimpleNet layer) and Q, K, V (the
@@ -144,7 +144,9 @@ ARCHS = {
     "sm_100": _BLACKWELL,
     "sm_100a": _BLACKWELL,
 }
-DTYPE_NAMES = ("bf16", "fp16", "fp32")
+# fp32 follows torch's default TF32 setting for convolutions (torch.backends.cudnn.allow_tf32
+# = True: TF32 tensor cores); fp32-exact compiles the IEEE fp32 kernels (allow_tf32 = False).
+DTYPE_NAMES = ("bf16", "fp16", "fp32", "fp32-exact")
 STEPS = ("model", "ops")
 
 
@@ -192,7 +194,7 @@ def parse_args(argv):
     args.batch = batch
     dtypes = [d.strip() for d in args.dtypes.split(",")]
     if not dtypes or any(d not in DTYPE_NAMES for d in dtypes) or len(set(dtypes)) != len(dtypes):
-        raise _UsageError(f"--dtypes {args.dtypes}: expected a comma list of distinct bf16, fp16, fp32")
+        raise _UsageError(f"--dtypes {args.dtypes}: expected a comma list of distinct bf16, fp16, fp32, fp32-exact")
     args.dtypes = dtypes
     if args.image_size is not None:
         try:
@@ -495,33 +497,45 @@ def _make_interceptor(tracker: _Tracker, layers: dict):
 def _patched(target_sms: int):
     """The report's patches of library internals (see the module docstring), undone on exit."""
     from lnlatten_fast.ops import dispatch
-    from lnlatten_fast.ops.triton import conv3x3_backward
+    from lnlatten_fast.ops.triton import _common
 
     key = ("triton", "meta")
     saved_availability = dispatch._AVAILABILITY.get(key)
-    saved_target_programs = conv3x3_backward._target_programs
+    saved_sm_count = _common.multiprocessor_count
     # Backend resolution knows cpu and cuda only; the meta step is the triton backend's.
     dispatch._AVAILABILITY[key] = (True, "compile report: meta tensors, stand-in driver")
-
-    # The grad-weight batch split the target GPU gets (off CUDA the library counts one SM).
-    def target_programs(device):
-        return conv3x3_backward._WEIGHT_GRAD_PROGRAMS_PER_SM * target_sms
-
-    conv3x3_backward._target_programs = target_programs
+    # The launch sizing the target GPU gets (off CUDA the library counts one SM).
+    _common.multiprocessor_count = lambda device: target_sms
     try:
         yield [
             "lnlatten_fast.ops.dispatch._AVAILABILITY[('triton', 'meta')] = usable (backend resolution knows cpu/cuda only)",
-            f"lnlatten_fast.ops.triton.conv3x3_backward._target_programs -> _WEIGHT_GRAD_PROGRAMS_PER_SM x {target_sms} SMs "
-            "(grad-weight batch split of the target GPU; off CUDA the library counts 1 SM)",
+            f"lnlatten_fast.ops.triton._common.multiprocessor_count -> {target_sms} "
+            "(the target's SMs, which size the grad-weight batch split; off CUDA the library counts 1)",
             "aten.convolution on meta -> channels-last output when input or weight is channels-last "
             "(cuDNN's choice; torch's meta kernel always returns contiguous)",
         ]
     finally:
-        conv3x3_backward._target_programs = saved_target_programs
+        _common.multiprocessor_count = saved_sm_count
         if saved_availability is None:
             dispatch._AVAILABILITY.pop(key, None)
         else:
             dispatch._AVAILABILITY[key] = saved_availability
+
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp32-exact": "float32"}
+
+
+@contextlib.contextmanager
+def _fp32_mode(dtype_name: str):
+    """torch.backends.cudnn.allow_tf32 as the dtype name asks (the conv kernels follow it)."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = dtype_name != "fp32-exact"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 def run_step(cfg, batch: int, dtype_name: str, tracker: _Tracker, layers: dict) -> None:
@@ -530,7 +544,7 @@ def run_step(cfg, batch: int, dtype_name: str, tracker: _Tracker, layers: dict) 
 
     import lnlatten_fast as lf
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    dtype = getattr(torch, _DTYPES[dtype_name])
     tracker.dtype = dtype_name
     with torch.device("meta"):
         model = lf.LNLAttenNet(cfg)
@@ -583,7 +597,7 @@ def run_ops(cfg, batch: int, dtype_name: str, tracker: _Tracker, layers: dict) -
 
     from lnlatten_fast.ops import registry
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    dtype = getattr(torch, _DTYPES[dtype_name])
     tracker.dtype = dtype_name
     cases = op_cases(cfg, batch, dtype)
     for op, backend in registry.implementations():
@@ -872,7 +886,8 @@ def run_report(args) -> int:
         step = run_step if args.step == "model" else run_ops
         for dtype_name in args.dtypes:
             try:
-                step(cfg, args.batch, dtype_name, tracker, layers)
+                with _fp32_mode(dtype_name):
+                    step(cfg, args.batch, dtype_name, tracker, layers)
             except Exception as error:  # noqa: BLE001 - reported, then the exit status says so
                 # Failures inside an op were caught by the interceptor: this is the model itself.
                 tracker.op = None

@@ -25,6 +25,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# fp32 bounds are IEEE fp32's: cuDNN and the triton convolutions follow these flags, and
+# torch's default for convolutions is TF32 (tests that want TF32 turn it on themselves).
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 
 @pytest.fixture(scope="module")
 def interpreter_without_overflow_checks():

@@ -266,7 +266,7 @@ def test_float64_matches_to_rounding():
 @pytest.mark.parametrize("pool", [False, True])
 def test_weight_grad_batch_splits(monkeypatch, pool):
     """Force the two-stage (split batch) weight gradient, used on GPUs with many SMs."""
-    monkeypatch.setattr(conv3x3_backward, "_target_programs", lambda device: 10**6)
+    monkeypatch.setattr(_common, "multiprocessor_count", lambda device: 10**6)  # one image per split
     h = torch.randn(3, 4, 5, 6, 6, device=DEVICE)
     weight = torch.randn(4, 3, 5, 3, 3, device=DEVICE)
     bias = torch.randn(4, 3, device=DEVICE)
@@ -401,3 +401,78 @@ def test_paper_shape_on_cuda(dtype):
     got, expected = against_reference(fn, [f9, w, b], dtype, seed=0)
     assert_each_close(got, expected, dtype)
     assert TOLERANCE[dtype] <= 2e-2
+
+
+# ---- fp32 precision follows torch's TF32 flag -----------------------------------------------
+@pytest.mark.parametrize("allow_tf32,expected", [(True, "tf32"), (False, "ieee")])
+def test_fp32_precision_follows_cudnn_allow_tf32(monkeypatch, allow_tf32, expected):
+    """As cuDNN's convolutions: TF32 tensor cores when torch.backends.cudnn.allow_tf32 (torch's
+    default), exact IEEE fp32 when not; other dtypes are not affected, and the exact mode gets
+    its own (FMA) tiles."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
+    assert conv3x3.precision(torch.float32) == expected
+    assert conv3x3.precision(torch.bfloat16) == conv3x3.precision(torch.float64) == "ieee"
+    exact_tiles = conv3x3.tiles("forward", torch.float32) == conv3x3.tiles("forward", torch.float64)
+    assert exact_tiles == (expected == "ieee")
+
+
+@cuda_only
+@needs_triton
+def test_tf32_mode_on_cuda(monkeypatch):
+    """TF32 (10-bit mantissa inputs, fp32 accumulation) stays within bf16-like bounds; the
+    exact mode within fp32's (the rest of this module)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    geom = lf.PatchGeometry(20, 3, 8, 6)
+    f9 = randn(2, 16, 20, 20, dtype=torch.float32)
+    w1 = randn(9, 24, 16, 3, 3, dtype=torch.float32) / 12
+    w2 = randn(9, 16, 24, 3, 3, dtype=torch.float32) / 15
+
+    def fn(backend, x, w1, w2):
+        h = lf.ops.patch_conv3x3(x, w1, None, geom, backend=backend)
+        return lf.ops.grouped_conv3x3(h, w2, None, pool=True, backend=backend)
+
+    got, expected = against_reference(fn, [f9, w1, w2], torch.float32, seed=0)
+    for g, e in zip(got, expected):
+        assert relative_error(g, e) < 5e-3
+
+
+# ---- layout ---------------------------------------------------------------------------------
+@needs_triton
+def test_outputs_and_gradients_are_window_channels_last():
+    """Every activation the convs return and every gradient they compute is stored
+    (B, M, H, W, C); F9's gradient channels-last (as F9 is in the model). A contiguous input
+    is converted once and gives the same values and gradients."""
+    torch.manual_seed(2)
+    geom = lf.PatchGeometry(7, 2, 4, 3)
+    f9 = channels_last(torch.randn(2, 3, 7, 7, device=DEVICE)).requires_grad_(True)
+    w1 = torch.randn(4, 5, 3, 3, 3, device=DEVICE)
+    h = lf.ops.patch_conv3x3(f9, w1, None, geom, backend="triton")
+    assert conv3x3.is_window_channels_last(h)
+    h.backward(torch.randn_like(h).contiguous())  # a contiguous upstream gradient
+    assert f9.grad.is_contiguous(memory_format=torch.channels_last)
+
+    w2 = torch.randn(4, 6, 5, 3, 3, device=DEVICE)
+    grads, outs = [], []
+    for layout in (channels_last, lambda t: t.contiguous()):
+        leaf = layout(h.detach()).requires_grad_(True)
+        out = lf.ops.grouped_conv3x3(leaf, w2, None, pool=True, backend="triton")
+        out.backward(torch.ones_like(out).contiguous())
+        outs.append(out.detach())
+        grads.append(leaf.grad)
+    assert all(conv3x3.is_window_channels_last(t) for t in outs)
+    assert conv3x3.is_window_channels_last(grads[0])
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+
+
+def test_batch_splits_fill_the_slots():
+    """The grad-weight split: enough programs already -> no split; few programs on a big
+    batch -> split into several waves' worth, never more splits than images."""
+    from lnlatten_fast.ops.triton.conv3x3_backward import batch_splits
+
+    assert batch_splits(programs=2304, batch=64, pixels=144, slots=396) == 64  # layer 6: no split
+    per_split = batch_splits(programs=144, batch=64, pixels=2304, slots=396)  # layer 1
+    assert 1 < -(-64 // per_split) <= 64
+    waves_split = -(-144 * -(-64 // per_split) // 396)
+    assert waves_split * per_split < 64  # faster than one program per (m, tap) over all 64 images
+    assert batch_splits(programs=10, batch=1, pixels=100, slots=396) == 1
+    assert batch_splits(programs=10, batch=0, pixels=100, slots=396) == 1

@@ -8,6 +8,7 @@ decorated, so the variable must be set before lnlatten_fast is imported.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -36,6 +37,7 @@ except ImportError as _error:  # the package still imports; availability() says 
 __all__ = [
     "triton", "tl", "IMPORT_ERROR", "INTERPRETED", "INTERPRETER_HINT",
     "availability", "accumulator", "next_power_of_2", "widen_for_interpreter",
+    "LaunchPlan", "note_launch", "multiprocessor_count", "index_dtype",
 ]
 
 # Whether the kernels were decorated for the interpreter (read at import, as triton.jit does).
@@ -78,6 +80,14 @@ def next_power_of_2(n: int, low: int = 16, high: int | None = None) -> int:
     return v if high is None else min(v, high)
 
 
+def index_dtype(*tensors):
+    """Integer type for per-row element offsets: int32 when every offset into these tensors
+    fits (half the registers of int64, which the unrolled taps' row offsets would otherwise
+    take), else int64."""
+    largest = max(sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) for t in tensors)
+    return tl.int32 if largest < 2**31 - 1 else tl.int64
+
+
 def widen_for_interpreter(*tensors):
     """The interpreter's bf16 tl.dot is wrong (NumPy has no bfloat16: it multiplies the raw
     bits). On CPU, bf16 operands are widened to fp32 (exactly); the kernels accumulate in fp32
@@ -86,3 +96,41 @@ def widen_for_interpreter(*tensors):
         t.float() if t is not None and t.device.type == "cpu" and t.dtype == torch.bfloat16 else t
         for t in tensors
     )
+
+
+def multiprocessor_count(device: torch.device) -> int:
+    """SMs of the device the kernels launch on (the interpreter counts as one: it runs
+    programs one after the other)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+# ---- launch accounting (bench/compile_report.py's estimates) -------------------------------
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """The work of one kernel launch, as its host wrapper planned it.
+
+    flops: what the math needs (2 x multiply-adds); issued_flops: what the tiles compute,
+    masked padding included. rows / row_slots: useful GEMM rows (the MMA's M axis) and the
+    rows the launched tiles hold. bytes: compulsory global traffic (each input read once,
+    each output written once).
+    """
+
+    kernel: str
+    programs: int
+    flops: int
+    issued_flops: int
+    rows: int
+    row_slots: int
+    bytes: int
+
+
+# Called with each LaunchPlan when set; None (the default) costs one comparison per launch.
+launch_listener = None
+
+
+def note_launch(make_plan) -> None:
+    """Report a launch to `launch_listener`; make_plan() only runs when one is installed."""
+    if launch_listener is not None:
+        launch_listener(make_plan())
