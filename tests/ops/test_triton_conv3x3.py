@@ -476,3 +476,17 @@ def test_batch_splits_fill_the_slots():
     assert waves_split * per_split < 64  # faster than one program per (m, tap) over all 64 images
     assert batch_splits(programs=10, batch=1, pixels=100, slots=396) == 1
     assert batch_splits(programs=10, batch=0, pixels=100, slots=396) == 1
+
+
+@needs_triton
+def test_pool_to_one_pixel_with_one_channel():
+    """A 2x2 map pooled to 1x1 with one output channel: size-1 dimensions whose strides differ
+    between the incoming gradient and the saved argmax (regression: the backward refused them)."""
+    h = torch.randn(2, 3, 1, 2, 2, device=DEVICE)
+    w = torch.randn(3, 1, 1, 3, 3, device=DEVICE)
+
+    def fn(backend, x, w):
+        return lf.ops.grouped_conv3x3(x, w, None, relu=True, pool=True, backend=backend)
+
+    got, expected = against_reference(fn, [h, w], torch.float32, seed=4)
+    assert_each_close(got, expected, torch.float32)
