@@ -479,11 +479,12 @@ def test_batch_splits_fill_the_slots():
 
 
 @needs_triton
-def test_pool_to_one_pixel_with_one_channel():
-    """A 2x2 map pooled to 1x1 with one output channel: size-1 dimensions whose strides differ
-    between the incoming gradient and the saved argmax (regression: the backward refused them)."""
+def test_pool_to_one_pixel():
+    """A 2x2 map pooled to 1x1: a contiguous upstream gradient is already window-channels-last
+    but its size-1 dimensions' strides differ from the saved argmax's (regression: the
+    backward refused them)."""
     h = torch.randn(2, 3, 1, 2, 2, device=DEVICE)
-    w = torch.randn(3, 1, 1, 3, 3, device=DEVICE)
+    w = torch.randn(3, 4, 1, 3, 3, device=DEVICE)
 
     def fn(backend, x, w):
         return lf.ops.grouped_conv3x3(x, w, None, relu=True, pool=True, backend=backend)
