@@ -398,6 +398,11 @@ class _Tracker:
         self.launches = []
         self.calls = []
         self.failures = []
+        self.pending_plan = None  # the LaunchPlan a host wrapper noted just before launching
+
+    # lnlatten_fast.ops.triton._common.launch_listener: the wrapper's plan of its next launch
+    def record_plan(self, plan):
+        self.pending_plan = dataclasses.asdict(plan)
 
     # knobs.runtime.jit_cache_hook: called before each JIT compile (in-memory cache miss)
     def before_compile(self, *, key, repr, fn, compile, is_manual_warmup, already_compiled):
@@ -424,6 +429,8 @@ class _Tracker:
                  "dtype": self.dtype, "index": len(self.launches)}
         if launcher.global_scratch_size:
             entry["global_scratch_bytes"] = launcher.global_scratch_size
+        if self.pending_plan is not None:
+            entry["plan"], self.pending_plan = self.pending_plan, None
         # The CUDA launch limits: a grid past them compiles fine and fails at launch.
         if grid[0] > 2**31 - 1 or grid[1] > 65535 or grid[2] > 65535:
             self.fail(launcher.name, f"grid {grid} exceeds CUDA's launch limits (x < 2^31, y, z <= 65535)")
@@ -502,6 +509,7 @@ def _patched(target_sms: int):
     key = ("triton", "meta")
     saved_availability = dispatch._AVAILABILITY.get(key)
     saved_sm_count = _common.multiprocessor_count
+    saved_listener = _common.launch_listener
     # Backend resolution knows cpu and cuda only; the meta step is the triton backend's.
     dispatch._AVAILABILITY[key] = (True, "compile report: meta tensors, stand-in driver")
     # The launch sizing the target GPU gets (off CUDA the library counts one SM).
@@ -515,6 +523,7 @@ def _patched(target_sms: int):
             "(cuDNN's choice; torch's meta kernel always returns contiguous)",
         ]
     finally:
+        _common.launch_listener = saved_listener
         _common.multiprocessor_count = saved_sm_count
         if saved_availability is None:
             dispatch._AVAILABILITY.pop(key, None)
@@ -536,6 +545,12 @@ def _fp32_mode(dtype_name: str):
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = saved
+
+
+def _common_module():
+    from lnlatten_fast.ops.triton import _common
+
+    return _common
 
 
 def run_step(cfg, batch: int, dtype_name: str, tracker: _Tracker, layers: dict) -> None:
@@ -787,6 +802,129 @@ def build_rows(tracker: _Tracker, spec: ArchSpec) -> list:
     return rows
 
 
+# ---- roofline estimate ------------------------------------------------------------------------
+# AN ESTIMATE, not a measurement. Per conv launch (the host wrappers' LaunchPlans):
+#   time = max(issued FLOPs / (peak(dtype, MMA) x efficiency(MMA)) / SM fill, bytes / HBM bandwidth)
+# issued FLOPs include the tiles' padding (MMA-row and K utilisation); SM fill is the last
+# wave's idle slots: programs / (ceil(waves) x slots), slots = SMs x CTAs/SM from the binary's
+# occupancy. Efficiency is the fraction of dense peak a kernel of that MMA class reaches when
+# every slot is busy (ASSUMED, to be checked by the first GPU run): wgmma 0.70 (Triton's
+# cp.async-pipelined Hopper GEMMs), mma.sync 0.35 (no wgmma: about half of it on Hopper),
+# FMA 0.50 of the CUDA-core fp32 peak. Bytes are compulsory traffic (each input read once,
+# each output written once), so the memory term is a floor. Kernels with scalar 16-bit
+# activation loads are outside this model (their loads, not the MMA, bind): flagged.
+@dataclasses.dataclass(frozen=True)
+class Peaks:
+    gpu: str
+    tensor_16bit: float  # dense bf16/fp16 FLOP/s
+    tensor_tf32: float
+    fma_fp32: float
+    hbm: float  # bytes/s
+
+
+PEAKS = {  # datasheet figures, dense (no sparsity)
+    90: Peaks("H200 SXM", 989.4e12, 494.7e12, 66.9e12, 4.8e12),
+    80: Peaks("A100 SXM", 312e12, 156e12, 19.5e12, 2.04e12),
+    100: Peaks("B200", 2250e12, 1100e12, 80e12, 8.0e12),
+}
+EFFICIENCY = {"wgmma": 0.70, "tcgen05": 0.70, "mma.sync": 0.35, "FMA": 0.50}
+SCALAR_16BIT_LOADS = 16  # "a handful": more static 16-bit ld.global than this flags a kernel
+
+
+def _peak(peaks: Peaks, dtype_name: str, mma: str) -> float:
+    if mma == "FMA":
+        return peaks.fma_fp32
+    return peaks.tensor_tf32 if dtype_name == "fp32" else peaks.tensor_16bit
+
+
+def estimate_launch(plan: dict, row: dict, spec: ArchSpec, peaks: Peaks, dtype_name: str) -> dict:
+    slots = spec.sms * max(1, row["occupancy"]["ctas_per_sm"])
+    waves = plan["programs"] / slots
+    fill = plan["programs"] / (math.ceil(waves) * slots)
+    mma_seconds = plan["issued_flops"] / (_peak(peaks, dtype_name, row["mma"]) * EFFICIENCY[row["mma"]]) / fill
+    memory_seconds = plan["bytes"] / peaks.hbm
+    return {
+        "waves": round(waves, 2),
+        "sm_fill": round(fill, 3),
+        "mma_row_utilisation": round(plan["rows"] / plan["row_slots"], 3),
+        "mac_utilisation": round(plan["flops"] / plan["issued_flops"], 3),
+        "seconds": max(mma_seconds, memory_seconds),
+        "bound": "MMA" if mma_seconds >= memory_seconds else "memory",
+    }
+
+
+def build_estimate(report: dict, spec: ArchSpec) -> dict | None:
+    """Per-kernel and per-step estimate of the SimpleNet convolutions (launches with a plan)."""
+    peaks = PEAKS.get(spec.capability)
+    if peaks is None:
+        return None
+    by_hash = {row["hash"]: row for row in report["kernels"]}
+    steps = {}
+    for launch in report["launches"]:
+        plan = launch.get("plan")
+        if plan is None:
+            continue
+        row = by_hash[launch["hash"]]
+        est = estimate_launch(plan, row, spec, peaks, launch["dtype"])
+        launch["estimate"] = est
+        kernel = row.setdefault("estimate", {"seconds": 0.0, "flops": 0, "launches": []})
+        kernel["seconds"] += est["seconds"]
+        kernel["flops"] += plan["flops"]
+        kernel["launches"].append({"layer": launch["layer"], "op": launch["op"], **est})
+        scalar = row["global_loads"].get("16", 0) + row["global_loads"].get(16, 0)
+        step = steps.setdefault(launch["dtype"], {"forward_seconds": 0.0, "backward_seconds": 0.0,
+                                                  "forward_flops": 0, "backward_flops": 0, "flagged": set()})
+        part = "forward" if plan["kernel"] == "forward" else "backward"
+        step[f"{part}_seconds"] += est["seconds"]
+        step[f"{part}_flops"] += plan["flops"]
+        if scalar > SCALAR_16BIT_LOADS or row["mma"] != "wgmma":
+            step["flagged"].add(row["name"] + f" ({row['mma']}, 16-bit ld.global x{scalar})")
+    for dtype_name, step in steps.items():
+        peak = peaks.tensor_tf32 if dtype_name == "fp32" else (peaks.fma_fp32 if dtype_name == "fp32-exact" else peaks.tensor_16bit)
+        step["floor_seconds"] = (step["forward_flops"] + step["backward_flops"]) / peak
+        step["forward_floor_seconds"] = step["forward_flops"] / peak
+        step["total_seconds"] = step["forward_seconds"] + step["backward_seconds"]
+        step["flagged"] = sorted(step["flagged"])
+    return {"label": "ESTIMATE (roofline model, not measured)", "gpu": peaks.gpu,
+            "peaks": dataclasses.asdict(peaks), "efficiency": EFFICIENCY, "steps": steps}
+
+
+def render_estimate(report: dict) -> list:
+    est = report.get("estimate")
+    if not est:
+        return []
+    p = est["peaks"]
+    lines = [
+        "",
+        f"## {est['label']}: SimpleNet convolutions on {est['gpu']}",
+        "",
+        f"Peaks (dense): 16-bit {p['tensor_16bit'] / 1e12:.0f} TFLOP/s, TF32 {p['tensor_tf32'] / 1e12:.0f}, "
+        f"fp32 FMA {p['fma_fp32'] / 1e12:.1f}, HBM {p['hbm'] / 1e12:.1f} TB/s. Assumed efficiency at full SM fill: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in est["efficiency"].items())
+        + ". time = max(issued FLOPs / (peak x efficiency) / SM fill, compulsory bytes / HBM). "
+        "MMA rows: useful GEMM rows / rows in the launched tiles; MACs: useful / issued (K padding too); "
+        "waves: programs / (SMs x CTAs/SM).",
+        "",
+        "| kernel | dtype | layer | MMA rows | MACs | waves | SM fill | bound | est. us |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for row in report["kernels"]:
+        for launch in row.get("estimate", {}).get("launches", []):
+            lines.append(
+                f"| {row['name']} ({launch['op'].split()[-1]}) | {row['dtype']} | {launch['layer']} "
+                f"| {launch['mma_row_utilisation']:.0%} | {launch['mac_utilisation']:.0%} | {launch['waves']:.2f} "
+                f"| {launch['sm_fill']:.0%} | {launch['bound']} | {launch['seconds'] * 1e6:.0f} |")
+    lines += ["", "| dtype | forward GFLOP | backward GFLOP | est. forward ms | est. backward ms | est. total ms "
+              "| floor ms (useful FLOPs at peak) | est. / floor | outside the model |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for dtype_name, step in est["steps"].items():
+        lines.append(
+            f"| {dtype_name} | {step['forward_flops'] / 1e9:.0f} | {step['backward_flops'] / 1e9:.0f} "
+            f"| {step['forward_seconds'] * 1e3:.2f} | {step['backward_seconds'] * 1e3:.2f} | {step['total_seconds'] * 1e3:.2f} "
+            f"| {step['floor_seconds'] * 1e3:.2f} | {step['total_seconds'] / step['floor_seconds']:.2f} "
+            f"| {'; '.join(step['flagged']) or '-'} |")
+    return lines
+
+
 # ---- output ----------------------------------------------------------------------------------------
 def _fmt_counts(counts: dict) -> str:
     return " ".join(f"{k}:{v}" for k, v in counts.items()) or "-"
@@ -840,6 +978,7 @@ def render_markdown(report: dict) -> str:
             f"| {row['num_warps']} | {row['num_stages']} | {occ['ctas_per_sm']} | {occ['warps_per_sm']} | {row['mma']} "
             f"| {_fmt_counts(row['global_loads'])} | {cp} | {_fmt_grids(row['grids'])} |"
         )
+    lines += render_estimate(report)
     return "\n".join(lines) + "\n"
 
 
@@ -880,6 +1019,7 @@ def run_report(args) -> int:
         triton.runtime.driver.set_active(_make_driver(spec))
         knobs.runtime.jit_cache_hook = tracker.before_compile
         knobs.compilation.listener = tracker.after_compile
+        _common_module().launch_listener = tracker.record_plan  # undone by _patched
         knobs.nvidia.dump_ptxas_log = True  # the ptxas -v log of each fresh build (not a cache-key input)
         # The stand-in stays active to the end: compiled kernels call its unload_module when
         # they are freed, and reset_active() would look for a real CUDA driver.
@@ -922,6 +1062,7 @@ def run_report(args) -> int:
         "launches": tracker.launches,
         "calls": tracker.calls,
     }
+    report["estimate"] = build_estimate(report, spec)
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     (args.out / "kernels.json").write_text(json.dumps(report, indent=1))
     markdown = render_markdown(report)

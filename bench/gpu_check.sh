@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU check (any CUDA machine; its timeouts add up to 600 s, one device call): build,
-# run the CUDA tests, a compiled bf16 training smoke run and the benchmarks, and write the
-# results as markdown + JSON.
+# run the CUDA tests, a compiled bf16 training smoke run, the benchmarks, the SimpleNet conv
+# step measured next to bench/compile_report.py's estimate, and ncu's sectors/request for the
+# conv kernels, and write the results as markdown + JSON.
 #   bash bench/gpu_check.sh [OUT_DIR]      (default: $OUT, else bench/results)
 # Offline boxes with torch and triton preinstalled: the install uses what is there.
 set -uo pipefail
@@ -19,27 +20,47 @@ start=$(date +%s)
 } > "$out/gpu_check.md"
 
 echo "== build" | tee -a "$out/log.txt"
-LNLATTEN_CUDA=1 timeout 180 python -m pip install --no-build-isolation --no-deps -q . >>"$out/log.txt" 2>&1 \
+LNLATTEN_CUDA=1 timeout 150 python -m pip install --no-build-isolation --no-deps -q . >>"$out/log.txt" 2>&1 \
   || echo "build failed (see log.txt)" | tee -a "$out/gpu_check.md"
 python -m lnlatten_fast.info >>"$out/gpu_check.md" 2>&1
 
 echo "== tests" | tee -a "$out/log.txt"
-timeout 150 python -m pytest tests/test_triton_attention.py tests/test_triton_conv.py tests/test_native_ops.py \
-  tests/test_model.py tests/test_precision.py tests/test_dispatch.py tests/test_attention_range.py \
+timeout 110 python -m pytest tests/ops/test_triton_attention.py tests/ops/test_triton_conv3x3.py tests/ops/test_native.py \
+  tests/test_model.py tests/test_precision.py tests/ops/test_dispatch.py tests/ops/test_attention_range.py \
   -q -p no:cacheprovider -x --junitxml="$out/tests.xml" >>"$out/log.txt" 2>&1
 echo "- tests exit code: $?" >> "$out/gpu_check.md"
 
 echo "== bf16 training smoke run (auto backend, compiled)" | tee -a "$out/log.txt"
-timeout 120 python -m lnlatten_fast.train --device cuda --precision bf16 --compile --epochs 2 \
+timeout 80 python -m lnlatten_fast.train --device cuda --precision bf16 --compile --epochs 2 \
   --synthetic-train 512 --synthetic-test 128 --out "$out/run" --cache-dir "$out/cache" >>"$out/log.txt" 2>&1
 echo "- training exit code: $?" >> "$out/gpu_check.md"
 grep -h "test accuracy, mean\|throughput\|precision" "$out/run/summary.md" >> "$out/gpu_check.md" 2>/dev/null
 
 echo "== benchmarks" | tee -a "$out/log.txt"
-timeout 150 python -m pytest bench/bench_triton_attention.py bench/bench_triton_conv.py -q -p no:cacheprovider \
+timeout 80 python -m pytest bench/bench_triton_attention.py bench/bench_triton_conv.py -q -p no:cacheprovider \
   -o python_files="bench_*.py" --benchmark-group-by=group --benchmark-columns=mean,stddev,rounds \
   --benchmark-json="$out/benchmarks.json" >>"$out/bench.txt" 2>&1
 echo "- benchmarks exit code: $?" >> "$out/gpu_check.md"
 { echo; echo '```'; grep -v "^$" "$out/bench.txt" | tail -60; echo '```'; } >> "$out/gpu_check.md"
+echo "== SimpleNet convs: measured step vs the compile report's estimate" | tee -a "$out/log.txt"
+for backend in triton native; do
+  timeout 40 python bench/conv_step.py --backend $backend --repeat 4 >>"$out/gpu_check.md" 2>>"$out/log.txt"
+done
+timeout 40 python bench/compile_report.py --arch sm_90a --preset paper --batch 64 --dtypes bf16 --out "$out/compile" \
+  >>"$out/log.txt" 2>&1
+grep -A3 "^| dtype | forward GFLOP" "$out/compile/kernels.md" >> "$out/gpu_check.md"
+
+# Global-load efficiency of the conv kernels: sectors per request (4 = one 128-byte line per
+# warp-wide request of 4-byte lanes; 32 = every lane its own line). ld = plain loads,
+# ldgsts = cp.async. Skipped without ncu.
+if command -v ncu >/dev/null; then
+  echo "== ncu sectors/request" | tee -a "$out/log.txt"
+  timeout 60 ncu --kernel-name regex:_conv3x3 --launch-skip 18 --launch-count 18 --csv \
+    --metrics l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ldgsts.sum,l1tex__t_requests_pipe_lsu_mem_global_op_ldgsts.sum \
+    python bench/conv_step.py --batch 16 --repeat 2 > "$out/ncu_sectors.csv" 2>>"$out/log.txt"
+  echo "- ncu exit code: $? (per-kernel sectors and requests: ncu_sectors.csv)" >> "$out/gpu_check.md"
+else
+  echo "- ncu: not installed, sectors/request not recorded" >> "$out/gpu_check.md"
+fi
 echo "- total: $(( $(date +%s) - start )) s" >> "$out/gpu_check.md"
 cat "$out/gpu_check.md"
