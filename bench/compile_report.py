@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU compile check without a GPU: every Triton kernel of one training step, compiled for a named arch.
 
-    python bench/compile_report.py --arch sm_90a --preset paper --batch 64 --dtypes bf16[,fp16,fp32] --out DIR
+    python bench/compile_report.py --arch sm_90a --preset paper --batch 64 --dtypes bf16[,fp16,fp32,fp32-exact] --out DIR
         [--image-size N] [--step model|ops]
 
 `--step ops` compiles each op the registry lists for the triton backend on its own (forward and
@@ -88,6 +88,15 @@ times, constexprs, every op call with its argument shapes/strides):
   (128 = 16-byte vector loads); cp.async: static count of cp.async copies per size in bytes
   (and TMA `cp.async.bulk` if any). Static counts, not executed instructions.
 * grid(s): the launch grids seen in the step.
+
+ESTIMATE (kernels.md's last section, `estimate` in kernels.json): a roofline model of the
+SimpleNet conv launches from the host wrappers' LaunchPlans (useful and issued FLOPs,
+useful and tiled GEMM rows, compulsory bytes) and each binary's occupancy, against the
+datasheet peaks of the arch's GPU; its assumptions are written next to `PEAKS` below and in
+the report. Per launch: MMA-row utilisation, MAC utilisation, waves, SM fill, the bound, the
+time; per dtype: forward, backward and total against the floor of the useful FLOPs at peak.
+Kernels outside the model (not on wgmma, or with more than a handful of scalar 16-bit
+loads) are listed, not hidden. An estimate, never a measurement.
 
 Exit status: 0 when every kernel compiled; 1 when any kernel failed to compile or load (each
 failure is printed with the kernel and the reason; the compiler's full output goes to
