@@ -213,9 +213,13 @@ def test_markdown_report(runs, report):
     assert "compiled, not run: no GPU executed these kernels" in markdown
     assert "sm_90a" in markdown and "preset tiny" in markdown and f"batch {BATCH}" in markdown
     assert f"triton {report['triton_version']}" in markdown
-    table = [line for line in markdown.splitlines() if line.startswith("| _")]
+    kernels_part, estimate_part = markdown.split("## ESTIMATE")
+    table = [line for line in kernels_part.splitlines() if line.startswith("| _")]
     assert len(table) == len(report["kernels"])
     assert all(line in runs["ok"].stdout for line in table)  # the table is printed too
+    planned = [launch for launch in report["launches"] if "plan" in launch]
+    assert len(planned) == 6 * 3  # every conv launch of the step, none of the attention's
+    assert len([line for line in estimate_part.splitlines() if line.startswith("| _")]) == len(planned)
 
 
 def test_the_meta_step_calls_the_ops_as_a_real_step_does(runs, report):
