@@ -19,7 +19,7 @@ from .config import PRESETS, LNLConfig, flag_help
 from .errors import as_flag, cli_message
 
 __all__ = [
-    "MODEL_FLAGS", "LIBRARY_ERRORS", "HelpFormatter", "add_model_flags", "model_overrides", "fail", "preset_defaults",
+    "MODEL_FLAGS", "LIBRARY_ERRORS", "RUN_FAILED", "HelpFormatter", "add_model_flags", "model_overrides", "fail", "preset_defaults",
 ]
 
 _HINTS = typing.get_type_hints(LNLConfig)
@@ -27,6 +27,8 @@ _HINTS = typing.get_type_hints(LNLConfig)
 MODEL_FLAGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(LNLConfig) if flag_help(f))
 #: What library code raises for a bad value, missing file or existing run: shown as one line.
 LIBRARY_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+#: Exit status of a run that stopped on its own failure (divergence), not a user mistake (2).
+RUN_FAILED = 1
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ParameterError", "MissingPathError", "PathExistsError", "as_flag", "cli_message"]
+__all__ = ["ParameterError", "MissingPathError", "PathExistsError", "TrainingDivergedError", "as_flag", "cli_message"]
 
 
 class ParameterError(ValueError):
@@ -31,6 +31,11 @@ class MissingPathError(ParameterError, FileNotFoundError):
 
 class PathExistsError(ParameterError, FileExistsError):
     """`parameter` names a file or folder that must not exist yet (also a FileExistsError)."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights became non-finite: the run stopped, nothing non-finite was saved.
+    str(error) names the epoch, step, loss and lr, and the last good checkpoint."""
 
 
 def as_flag(parameter: str) -> str:

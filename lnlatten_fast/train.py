@@ -12,6 +12,7 @@ import sys
 
 from . import cli
 from .config import PRESETS, LNLConfig
+from .errors import TrainingDivergedError
 from .data.datasets import DATASETS
 from .data.datasets.synthetic import SPLIT_SIZES
 from .training.precision import PRECISIONS
@@ -92,6 +93,9 @@ def main(argv=None) -> int:
         train(settings_from_args(args))
     except cli.LIBRARY_ERRORS as error:
         return cli.fail(error)
+    except TrainingDivergedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return cli.RUN_FAILED
     return 0
 
 

@@ -24,8 +24,13 @@ _FORMAT_1_MODEL_FIELDS = ("variant", "alpha", "num_patches", "overlap", "image_s
 
 
 def save_atomic(payload: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a torn file.
+    Refuses a model with a NaN or infinite weight (a diverged run must not overwrite a good one)."""
     path = Path(path)
+    model = payload.get("model") or {}
+    bad = [name for name, t in model.items() if torch.is_floating_point(t) and not bool(t.isfinite().all())]
+    if bad:
+        raise ValueError(f"refusing to save {path}: non-finite values in {', '.join(bad[:3])}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({**payload, "format": FORMAT}, tmp)
     os.replace(tmp, path)

@@ -28,22 +28,30 @@ __all__ = ["evaluate", "evaluate_checkpoint"]
 def evaluate(
     model: LNLAttenNet, images: ImageSet, batch_size: int, ctx: distributed.Context, precision: str = "auto"
 ) -> dict:
-    """Accuracy, mean class accuracy and confusion matrix, summed over every rank's share."""
+    """Accuracy, mean class accuracy and confusion matrix, summed over every rank's share.
+    `nonfinite`: images whose logits held NaN or inf; they are wrong in both accuracies and
+    absent from the confusion matrix."""
     model.eval()
     precision = resolve_precision(precision, ctx.device)  # once, and before any batch is loaded
     indices = np.arange(ctx.rank, len(images), ctx.world_size)  # disjoint shares, no padding
     loader = BatchLoader(images.images, images.labels, indices, batch_size, ctx.device)
     num_classes = model.config.num_classes
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=ctx.device)
+    unscored = torch.zeros(num_classes, dtype=torch.int64, device=ctx.device)  # per true class
     for x, y in loader:
         with autocast(precision, ctx.device):
             logits = model(x).logits
-        confusion += metrics.confusion_matrix(logits.argmax(dim=1), y, num_classes)
+        # NaN/inf logits have no prediction (argmax would say class 0): they count as wrong.
+        finite = logits.isfinite().all(dim=1)
+        confusion += metrics.confusion_matrix(logits[finite].argmax(dim=1), y[finite], num_classes)
+        unscored += torch.bincount(y[~finite], minlength=num_classes)
     confusion = distributed.all_reduce_sum(confusion, ctx).cpu()
+    unscored = distributed.all_reduce_sum(unscored, ctx).cpu()
     return {
-        "accuracy": metrics.accuracy(confusion),
-        "mean_class_accuracy": metrics.mean_class_accuracy(confusion),
+        "accuracy": metrics.accuracy(confusion, unscored),
+        "mean_class_accuracy": metrics.mean_class_accuracy(confusion, unscored),
         "confusion": confusion.tolist(),
+        "nonfinite": int(unscored.sum()),
     }
 
 

@@ -13,14 +13,16 @@ def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes:
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def accuracy(confusion: torch.Tensor) -> float:
-    total = confusion.sum().item()
+def accuracy(confusion: torch.Tensor, unscored: torch.Tensor | None = None) -> float:
+    """Correct / all; `unscored` (per true class) counts images without a prediction: wrong."""
+    total = confusion.sum().item() + (0 if unscored is None else int(unscored.sum()))
     return confusion.diag().sum().item() / total if total else float("nan")
 
 
-def mean_class_accuracy(confusion: torch.Tensor) -> float:
-    """Mean of per-class recall over the classes present in the targets."""
-    support = confusion.sum(dim=1)
+def mean_class_accuracy(confusion: torch.Tensor, unscored: torch.Tensor | None = None) -> float:
+    """Mean of per-class recall over the classes present in the targets (`unscored` as in
+    `accuracy`: in the support, never correct)."""
+    support = confusion.sum(dim=1) + (0 if unscored is None else unscored.to(confusion.device))
     present = support > 0
     if not present.any():
         return float("nan")

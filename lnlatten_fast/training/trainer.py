@@ -23,7 +23,7 @@ from ..data import labels
 from ..data.cache import ImageSet
 from ..data.pipeline import BatchLoader
 from ..data.splits import stratified_holdout
-from ..errors import PathExistsError
+from ..errors import PathExistsError, TrainingDivergedError
 from ..model import LNLAttenNet, lnl_loss
 from ..ops.dispatch import resolve_name
 from . import checkpoint, distributed, metrics
@@ -35,6 +35,36 @@ from .settings import TrainSettings
 __all__ = ["LAST_EPOCHS_AVERAGED", "TrainSettings", "fit", "train", "summarize"]
 
 LAST_EPOCHS_AVERAGED = 10  # the paper reports the mean of the last 10 epochs
+# The loss is checked for NaN/inf every this many steps: each check waits for the device, and
+# a diverged step only has to be caught before anything is saved.
+DIVERGENCE_CHECK_EVERY = 10
+
+
+def _diverged(run_dir: Path, epoch: int, step: int, loss: float, lr: float, saved_epochs: int) -> TrainingDivergedError:
+    last = run_dir / "last.pt"
+    if saved_epochs and last.exists():
+        good = f"the last good checkpoint is {last} (epoch {saved_epochs}); best.pt is untouched"
+    else:
+        good = "no checkpoint was saved"
+    return TrainingDivergedError(
+        f"training diverged at epoch {epoch}, step {step}: loss {loss} at lr {lr:g}; nothing non-finite "
+        f"was saved, {good}. Try a lower lr, or precision fp32"
+    )
+
+
+def _check_losses(window: list, first_step: int, epoch: int, lr: float, run_dir: Path, saved_epochs: int) -> None:
+    """Raise at the first non-finite loss among the last steps' (one wait for the device)."""
+    if not window:
+        return
+    values = torch.stack(window).tolist()
+    window.clear()
+    for i, value in enumerate(values):
+        if not np.isfinite(value):
+            raise _diverged(run_dir, epoch, first_step + i, value, lr, saved_epochs)
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
 
 
 # ---- one training run ---------------------------------------------------------------------
@@ -121,7 +151,10 @@ def fit(
         start = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not ctx.is_main,
                    leave=False, dynamic_ncols=True)
-        for x, y in bar:
+        window: list[torch.Tensor] = []  # losses not yet checked for NaN/inf
+        lr = optimizer.param_groups[0]["lr"]
+        step = 0
+        for step, (x, y) in enumerate(bar, start=1):
             with autocast(precision, ctx.device):
                 logits = step_model(x).logits
             loss = lnl_loss(logits.float(), y, model, l2_lambda=loss_l2)
@@ -130,9 +163,14 @@ def fit(
             optimizer.step()
             loss_sum[0] += loss.detach().double() * len(y)
             loss_sum[1] += len(y)
-            if bar.n % 10 == 0:  # .item() waits for the device: not every step
+            window.append(loss.detach().float())
+            if step % DIVERGENCE_CHECK_EVERY == 0:  # .item() waits for the device: not every step
+                _check_losses(window, step - len(window) + 1, epoch + 1, lr, run_dir, len(history))
                 seen = loss_sum[1].item() * ctx.world_size
                 bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        _check_losses(window, step - len(window) + 1 if window else 0, epoch + 1, lr, run_dir, len(history))
+        if not _all_finite(model):  # a finite loss, then a step that broke the weights
+            raise _diverged(run_dir, epoch + 1, step, float("nan"), lr, len(history))
         train_seconds = time.perf_counter() - start
         loss_sum = distributed.all_reduce_sum(loss_sum, ctx)
         scheduler.step()
