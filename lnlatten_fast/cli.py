@@ -19,14 +19,15 @@ from .config import PRESETS, LNLConfig, flag_help
 from .errors import as_flag, cli_message
 
 __all__ = [
-    "MODEL_FLAGS", "LIBRARY_ERRORS", "RUN_FAILED", "HelpFormatter", "add_model_flags", "model_overrides", "fail", "preset_defaults",
+    "MODEL_FLAGS", "LIBRARY_ERRORS", "RUN_FAILED", "given_flags", "HelpFormatter", "add_model_flags", "model_overrides", "fail", "preset_defaults",
 ]
 
 _HINTS = typing.get_type_hints(LNLConfig)
 #: The LNLConfig fields the command lines expose, in declaration order.
 MODEL_FLAGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(LNLConfig) if flag_help(f))
-#: What library code raises for a bad value, missing file or existing run: shown as one line.
-LIBRARY_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+#: What library code raises for a bad value, missing file or existing run, or a file it could
+#: not write (full disk, read-only folder): shown as one line.
+LIBRARY_ERRORS = (ValueError, OSError)
 #: Exit status of a run that stopped on its own failure (divergence), not a user mistake (2).
 RUN_FAILED = 1
 
@@ -96,6 +97,21 @@ def model_overrides(args: argparse.Namespace, names: Iterable[str] = MODEL_FLAGS
     preset's value, so it is left out; for one that can (overlap), None is the value."""
     given = {name: getattr(args, name) for name in names if hasattr(args, name)}
     return {name: v for name, v in given.items() if v is not None or _nullable(name)}
+
+
+def given_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The destinations of the flags `argv` sets explicitly (abbreviations included): parsed
+    once more with every default replaced by a marker."""
+    marker = object()
+    saved = {action.dest: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = marker
+        namespace, _ = parser.parse_known_args(argv)
+    finally:
+        for action in parser._actions:
+            action.default = saved[action.dest]
+    return {name for name, value in vars(namespace).items() if value is not marker}
 
 
 def fail(error: Exception) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import cli
 from .config import PRESETS, LNLConfig
@@ -17,6 +18,7 @@ from .data.datasets import DATASETS
 from .data.datasets.synthetic import SPLIT_SIZES
 from .training.precision import PRECISIONS
 from .training.settings import L2_MODES, TrainSettings
+from .training.run_dir import resumed_settings
 from .training.trainer import train
 
 
@@ -84,13 +86,23 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(**run, model=LNLConfig.preset(args.preset, **cli.model_overrides(args)))
 
 
+def resumed_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> TrainSettings:
+    """--resume: the run's own settings (from its checkpoint); a flag given on this command line
+    may only repeat them, except --epochs, --device, --workers, --out (and --cache-dir,
+    --compile, which change neither the data nor the math)."""
+    given = cli.given_flags(parser, sys.argv[1:] if argv is None else argv) - set(cli.MODEL_FLAGS)
+    changes = {name: getattr(args, name) for name in given}
+    changes.update(cli.model_overrides(args))
+    return resumed_settings(Path(args.out), changes)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume and args.out is None:
         parser.error("--resume needs --out RUN_DIR (the run to continue)")
     try:
-        train(settings_from_args(args))
+        train(resumed_from_args(parser, args, argv) if args.resume else settings_from_args(args))
     except cli.LIBRARY_ERRORS as error:
         return cli.fail(error)
     except TrainingDivergedError as error:

@@ -12,6 +12,7 @@ only here.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -32,8 +33,19 @@ def save_atomic(payload: dict, path: Path) -> None:
     if bad:
         raise ValueError(f"refusing to save {path}: non-finite values in {', '.join(bad[:3])}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({**payload, "format": FORMAT}, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save({**payload, "format": FORMAT}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        # A full disk surfaces from torch's writer as "unexpected pos ...": say what it is, and
+        # never leave the partial file behind (it would keep the disk full).
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        reason = "no space left on device" if free < 16 * 2**20 else str(error)
+        raise OSError(f"could not write checkpoint {path}: {reason} ({free // 2**20} MiB free)") from error
 
 
 def load(path) -> dict:

@@ -8,7 +8,7 @@ reported as mean ± std. Under torchrun the batch is split across processes with
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import time
 from datetime import datetime
@@ -23,10 +23,10 @@ from ..data import labels
 from ..data.cache import ImageSet
 from ..data.pipeline import BatchLoader
 from ..data.splits import stratified_holdout
-from ..errors import PathExistsError, TrainingDivergedError
+from ..errors import ParameterError, PathExistsError, TrainingDivergedError
 from ..model import LNLAttenNet, lnl_loss
 from ..ops.dispatch import resolve_name
-from . import checkpoint, distributed, metrics
+from . import checkpoint, distributed, metrics, run_dir as runs
 from .evaluation import evaluate
 from .loading import load_data
 from .precision import autocast, resolve_precision
@@ -87,19 +87,6 @@ def _optimizer(model: LNLAttenNet, settings: TrainSettings) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=settings.lr)
 
 
-def _write_epoch(run_dir: Path, record: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-    columns = [k for k, v in record.items() if not isinstance(v, list)]
-    csv_path = run_dir / "metrics.csv"
-    new = not csv_path.exists()
-    with open(csv_path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, columns, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(record)
-
-
 def fit(
     settings: TrainSettings,
     train_set: ImageSet,
@@ -126,6 +113,12 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         history = list(state["history"])
         torch.set_rng_state(state["rng"])
+    if settings.resume and ctx.is_main:
+        # The checkpoint is the truth: the metrics files say what it says (a kill between two
+        # writes may have left them an epoch ahead or behind).
+        runs.rewrite_metrics(run_dir, history)
+        print(f"resuming {run_dir} at epoch {len(history)}"
+              + ("" if history else " (no epoch was saved: starting over)"), flush=True)
     precision = resolve_precision(settings.precision, ctx.device)
     crop = settings.crop_padding if settings.crop_padding is not None else cfg.image_size // 16
     sampler = DistributedSampler(range(len(train_set)), ctx.world_size, ctx.rank, shuffle=True, seed=settings.seed)
@@ -190,7 +183,6 @@ def fit(
             record["val_accuracy"] = evaluate(model, val_set, settings.batch_size, ctx, precision)["accuracy"]
         history.append(record)
         if ctx.is_main:
-            _write_epoch(run_dir, record)
             payload = dict(
                 model=model.state_dict(), config=cfg.to_dict(), settings=settings.to_dict(),
                 epoch=epoch + 1, test_accuracy=test["accuracy"], class_names=list(labels.CLASS_NAMES),
@@ -205,6 +197,7 @@ def fit(
                      history=history, rng=torch.get_rng_state()),
                 last_path,
             )
+            runs.append_epoch(run_dir, record)  # after the checkpoint: never an epoch it lacks
             tqdm.write(
                 f"epoch {epoch + 1:3d}  loss {record['train_loss']:.4f}  test acc {test['accuracy']:.4f}  "
                 f"mean class acc {test['mean_class_accuracy']:.4f}  {record['images_per_second']:.0f} img/s"
@@ -249,9 +242,6 @@ def summarize(history: list[dict], settings: TrainSettings, backend: str, precis
 
 # ---- the whole job ------------------------------------------------------------------------
 def _prepare_run_dir(settings: TrainSettings, ctx: distributed.Context) -> Path:
-    if settings.out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        settings.out = str(Path("runs") / f"{settings.dataset}-{settings.preset}-{stamp}")
     run_dir = Path(settings.out)
     if ctx.is_main:
         finished = (run_dir / "metrics.jsonl").exists() or any(run_dir.glob("fold*/metrics.jsonl"))
@@ -260,6 +250,7 @@ def _prepare_run_dir(settings: TrainSettings, ctx: distributed.Context) -> Path:
                 "out", f"{run_dir} already holds a run; pass `resume` to continue it or choose another `out`"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
+        runs.remove_stale_temporaries(run_dir)
         (run_dir / "config.json").write_text(
             json.dumps({"settings": settings.to_dict(), "model": settings.model.to_dict()}, indent=2)
         )
@@ -291,31 +282,49 @@ def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str
 
 
 def train(settings: TrainSettings) -> dict:
+    """Run the protocol. With `resume`, the run in `out` continues with its own settings:
+    `settings` may differ from them only in run_dir.RESUMABLE_CHANGES (ParameterError naming
+    the field otherwise), and nothing is written before that is checked."""
     settings.validate()
+    if settings.out is None:
+        if settings.resume:
+            raise ParameterError("resume", "needs `out`: the run directory to continue")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        settings.out = str(Path("runs") / f"{settings.dataset}-{settings.preset}-{stamp}")
+    if settings.resume:
+        settings = runs.check_resume(Path(settings.out), settings)
     ctx = distributed.setup(settings.device)
+    lock = runs.RunLock(Path(settings.out)) if ctx.is_main else contextlib.nullcontext()
     try:
-        run_dir = _prepare_run_dir(settings, ctx)
-        splits = load_data(settings, settings.model.image_size)
-        val_set = None
-        summaries = []
-        for fold, (train_set, test_set) in enumerate(splits):
-            fold_dir = run_dir / f"fold{fold}" if len(splits) > 1 else run_dir
-            if ctx.is_main:
-                fold_dir.mkdir(parents=True, exist_ok=True)
-            if settings.val_fraction:
-                keep, held = stratified_holdout(train_set.labels, settings.val_fraction, settings.seed)
-                train_set, val_set = train_set.subset(keep), train_set.subset(held)
-            summaries.append(fit(settings, train_set, test_set, fold_dir, ctx, val_set, fold if len(splits) > 1 else None))
-        summary = summaries[0] if len(summaries) == 1 else _merge_folds(summaries)
-        if ctx.is_main:
-            print(_write_summary(run_dir, summary, settings))
-            print(f"run directory: {run_dir}")
-        # A rank that tears its process group down while another still works can abort the
-        # job at exit (seen with gloo): leave together.
-        distributed.barrier(ctx)
-        return summary
+        with lock:
+            return _train_locked(settings, ctx)
     finally:
         distributed.teardown(ctx)
+
+
+def _train_locked(settings: TrainSettings, ctx: distributed.Context) -> dict:
+    run_dir = _prepare_run_dir(settings, ctx)
+    splits = load_data(settings, settings.model.image_size)
+    val_set = None
+    summaries = []
+    for fold, (train_set, test_set) in enumerate(splits):
+        fold_dir = run_dir / f"fold{fold}" if len(splits) > 1 else run_dir
+        if ctx.is_main:
+            fold_dir.mkdir(parents=True, exist_ok=True)
+        if settings.val_fraction:
+            keep, held = stratified_holdout(train_set.labels, settings.val_fraction, settings.seed)
+            train_set, val_set = train_set.subset(keep), train_set.subset(held)
+        summaries.append(fit(settings, train_set, test_set, fold_dir, ctx, val_set, fold if len(splits) > 1 else None))
+    summary = summaries[0] if len(summaries) == 1 else _merge_folds(summaries)
+    if ctx.is_main:
+        print(_write_summary(run_dir, summary, settings))
+        print(f"run directory: {run_dir}")
+    # A rank that tears its process group down while another still works can abort the
+    # job at exit (seen with gloo): leave together.
+    distributed.barrier(ctx)
+    return summary
+
+
 
 
 def _merge_folds(summaries: list[dict]) -> dict:

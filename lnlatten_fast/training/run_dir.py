@@ -1,0 +1,174 @@
+"""The run directory: its lock, its metrics files, and what --resume may take from it.
+
+The checkpoint is the single source of truth of a run. Resuming reads the run's settings
+from its last.pt (config.json before the first epoch was saved), refuses a change to anything
+that changes the model, the data or the optimisation (`RESUMABLE_CHANGES` may change), and
+rewrites metrics.jsonl/csv from the checkpoint's history, so a kill between two writes never
+leaves a duplicated or missing epoch. A directory holds one training process at a time (an
+flock on RUN/.lock), and temporary files left by a killed writer are removed.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from ..errors import ParameterError
+from . import checkpoint
+from .settings import TrainSettings
+
+__all__ = [
+    "RESUMABLE_CHANGES", "RunLock", "stored_settings", "resumed_settings", "check_resume",
+    "append_epoch", "rewrite_metrics", "remove_stale_temporaries",
+]
+
+# What may differ when a run is resumed: how long, where and how fast it trains, never what.
+# (cache_dir and compile change neither the data nor the math; resume and out name the run.)
+RESUMABLE_CHANGES = ("epochs", "device", "workers", "out", "resume", "cache_dir", "compile")
+
+
+# ---- lock ---------------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive flock on RUN/.lock for the life of a training process (POSIX; elsewhere
+    a no-op). A second process on the same directory is refused instead of interleaving logs."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fh = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ParameterError("out", f"{self.path.parent} is in use by another training process ({holder})") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc):
+        if self._fh is not None:
+            self._fh.close()  # closing releases the flock
+            self._fh = None
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the `.<name>.<pid>.tmp` files a killed writer left (the lock says none is live)."""
+    removed = []
+    for path in list(Path(run_dir).glob(".*.tmp")) + list(Path(run_dir).glob("fold*/.*.tmp")):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+# ---- metrics files --------------------------------------------------------------------------------
+def _csv_columns(record: dict) -> list[str]:
+    return [k for k, v in record.items() if not isinstance(v, list)]
+
+
+def append_epoch(run_dir: Path, record: dict) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    csv_path = run_dir / "metrics.csv"
+    new = not csv_path.exists()
+    with open(csv_path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, _csv_columns(record), extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(record)
+
+
+def rewrite_metrics(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl and metrics.csv exactly as `history` (the checkpoint's) says, each
+    replaced atomically."""
+    jsonl = run_dir / ".metrics.jsonl.rewrite.tmp"
+    jsonl.write_text("".join(json.dumps(record) + "\n" for record in history))
+    os.replace(jsonl, run_dir / "metrics.jsonl")
+    table = run_dir / ".metrics.csv.rewrite.tmp"
+    with open(table, "w", newline="") as fh:
+        if history:
+            writer = csv.DictWriter(fh, _csv_columns(history[0]), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(history)
+    if history:
+        os.replace(table, run_dir / "metrics.csv")
+    else:
+        table.unlink()
+        (run_dir / "metrics.csv").unlink(missing_ok=True)
+
+
+# ---- resume -----------------------------------------------------------------------------------------
+def _last_checkpoints(run_dir: Path) -> list[Path]:
+    return [p for p in [run_dir / "last.pt", *sorted(run_dir.glob("fold*/last.pt"))] if p.is_file()]
+
+
+def stored_settings(run_dir: Path) -> TrainSettings:
+    """The settings of the run in `run_dir`: its last.pt's, else (no epoch saved yet) its
+    config.json's. ParameterError("out") when the directory holds no run."""
+    run_dir = Path(run_dir)
+    last = _last_checkpoints(run_dir)
+    if last:
+        return TrainSettings.from_dict(checkpoint.load(last[0])["settings"])
+    config = run_dir / "config.json"
+    if config.is_file():
+        return TrainSettings.from_dict(json.loads(config.read_text())["settings"])
+    raise ParameterError("out", f"{run_dir} holds no run to resume (no last.pt, no config.json)")
+
+
+def _differences(stored: TrainSettings, wanted: TrainSettings) -> list[tuple[str, object, object]]:
+    found = []
+    for f in dataclasses.fields(TrainSettings):
+        if f.name in RESUMABLE_CHANGES or f.name == "model":
+            continue
+        a, b = getattr(stored, f.name), getattr(wanted, f.name)
+        if a != b:
+            found.append((f.name, a, b))
+    stored_model, wanted_model = stored.model.to_dict(), wanted.model.to_dict()
+    found += [(k, stored_model[k], wanted_model[k]) for k in stored_model if stored_model[k] != wanted_model.get(k)]
+    return found
+
+
+def _refuse(name: str, stored, wanted) -> ParameterError:
+    return ParameterError(
+        name, f"cannot change when resuming: the run has {stored!r}, not {wanted!r} (only "
+        + ", ".join(f"`{n}`" for n in ("epochs", "device", "workers", "out")) + " may change)")
+
+
+def resumed_settings(run_dir: Path, changes: dict) -> TrainSettings:
+    """The stored run's settings with `changes` (field -> value, model fields included) applied.
+    A change to a field outside RESUMABLE_CHANGES that differs from the run's is refused."""
+    stored = stored_settings(run_dir)
+    run_changes = {k: v for k, v in changes.items() if k in {f.name for f in dataclasses.fields(TrainSettings)}}
+    model_changes = {k: v for k, v in changes.items() if k not in run_changes}
+    model = stored.model.to_dict()
+    for name, value in model_changes.items():
+        if model.get(name) != value:
+            raise _refuse(name, model.get(name), value)
+    for name, value in run_changes.items():
+        if name not in RESUMABLE_CHANGES and getattr(stored, name) != value:
+            raise _refuse(name, getattr(stored, name), value)
+    return dataclasses.replace(stored, **run_changes, resume=True)
+
+
+def check_resume(run_dir: Path, settings: TrainSettings) -> TrainSettings:
+    """For `train(resume=True)`: the stored run's settings, once `settings` is checked to differ
+    from them only in RESUMABLE_CHANGES."""
+    stored = stored_settings(run_dir)
+    stored.validate()
+    for name, a, b in _differences(stored, settings):
+        raise _refuse(name, a, b)
+    return dataclasses.replace(stored, **{name: getattr(settings, name) for name in RESUMABLE_CHANGES})
