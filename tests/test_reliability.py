@@ -7,6 +7,7 @@ Each test names the fault it injects; each was seen to fail before its fix.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -104,3 +105,164 @@ def test_accuracies_with_unscored_images():
     unscored = torch.tensor([2, 0])
     assert metrics.accuracy(confusion, unscored) == pytest.approx(5 / 8)
     assert metrics.mean_class_accuracy(confusion, unscored) == pytest.approx((3 / 6 + 2 / 2) / 2)
+
+
+# ---- interrupted runs and resume ------------------------------------------------------------------
+from lnlatten_fast.training import run_dir as runs  # noqa: E402
+
+WALL_CLOCK = {"train_seconds", "images_per_second"}
+
+
+def read_metrics(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in lines]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    train(small_settings(out))
+    return out
+
+
+# A training process that SIGKILLs itself at one point of epoch 2 (argv: out, cache, point).
+_KILLED_RUN = r"""
+import os, signal, sys
+from pathlib import Path
+import torch
+from lnlatten_fast.config import LNLConfig
+from lnlatten_fast.training import checkpoint, run_dir as runs
+from lnlatten_fast.training.settings import TrainSettings
+from lnlatten_fast.training.trainer import train
+
+out, cache, point = sys.argv[1], sys.argv[2], sys.argv[3]
+real_replace, real_append = os.replace, runs.append_epoch
+
+def replace(src, dst):
+    if point == "before-rename" and Path(dst).name == "last.pt" and torch.load(src, weights_only=True)["epoch"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst)
+
+def append(run_dir, record):
+    if point == "after-rename" and record["epoch"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_append(run_dir, record)
+
+checkpoint.os.replace = replace
+runs.append_epoch = append
+train(TrainSettings(epochs=3, batch_size=16, model=LNLConfig.tiny(image_size=32), synthetic_train=56,
+                    synthetic_test=21, out=out, cache_dir=cache, seed=3))
+"""
+
+
+@pytest.mark.parametrize("point", ["before-rename", "after-rename"])
+def test_a_run_killed_between_its_writes_resumes_to_the_uninterrupted_history(uninterrupted, tmp_path, point):
+    """Fault: SIGKILL in epoch 2 with last.pt's temporary written but not renamed, or with
+    last.pt renamed but the metrics not yet appended. Before: --resume wrote epochs [1, 2, 2, 3]
+    (or [1, 1, 2, 3] with no last.pt), and the temporary file stayed."""
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(out), str(tmp_path / "cache"), point],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    if point == "before-rename":
+        assert list(out.glob(".last.pt.*.tmp"))  # the killed writer's leftover
+    train(small_settings(out, resume=True))
+    assert read_metrics(out) == read_metrics(uninterrupted)
+    assert [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()] == ["epoch", "1", "2", "3"]
+    assert not list(out.glob(".*.tmp"))
+
+
+def _cli(*argv, timeout=600):
+    return subprocess.run([sys.executable, "-m", "lnlatten_fast.train", *argv], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def one_epoch_cli_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "run"
+    result = _cli("--image-size", "32", "--epochs", "1", "--batch-size", "16", "--synthetic-train", "56",
+                  "--synthetic-test", "21", "--lr", "0.001", "--out", str(out), "--cache-dir", str(root / "cache"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--image-size", "48"], "--image-size"),
+    (["--lr", "0.5"], "--lr"),
+    (["--seed", "9"], "--seed"),
+    (["--num-patches", "9"], "--num-patches"),
+    (["--batch", "8"], "--batch-size"),  # an abbreviation is the same flag
+])
+def test_resume_refuses_a_changed_setting_before_writing_anything(one_epoch_cli_run, flags, named):
+    """Fault: --resume with flags that change the model, data or optimisation. Before: accepted
+    silently (trained at the new size, ignored the lr, rewrote config.json), or a size-mismatch
+    traceback after config.json was overwritten."""
+    out = one_epoch_cli_run
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    result = _cli("--resume", "--out", str(out), "--epochs", "2", *flags)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {named} cannot change when resuming"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
+def test_resume_takes_the_runs_settings_and_repeated_flags_are_fine(one_epoch_cli_run, tmp_path):
+    """The run's lr (0.001) is kept without --lr; repeating it is allowed; only --epochs changes."""
+    out = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(one_epoch_cli_run, out)
+    result = _cli("--resume", "--out", str(out), "--epochs", "2", "--lr", "0.001")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming {out} at epoch 1" in result.stdout
+    payload = checkpoint.load(out / "last.pt")
+    assert payload["settings"]["lr"] == 0.001 and payload["epoch"] == 2 and payload["settings"]["epochs"] == 2
+    assert [h["epoch"] for h in read_metrics(out)] == [1, 2]
+
+
+def test_resume_of_a_run_that_does_not_exist_is_an_error(tmp_path):
+    """Fault: `--resume --out typo`. Before: a fresh run started silently."""
+    result = _cli("--resume", "--out", str(tmp_path / "typo"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --out {tmp_path / 'typo'} holds no run to resume (no last.pt, no config.json)")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
+    """Fault: two runs on one --out. Before: their metrics interleaved."""
+    out = tmp_path / "run"
+    with runs.RunLock(out):
+        with pytest.raises(ValueError, match="in use by another training process") as error:
+            train(small_settings(out))
+        assert error.value.parameter == "out"
+        assert not (out / "config.json").exists()
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """Fault: ENOSPC while saving. Before: torch's `unexpected pos ...`, and the partial
+    temporary file kept the disk full."""
+
+    def torn_save(obj, fh):
+        fh.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(checkpoint.torch, "save", torn_save)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: type("U", (), {"free": 0})())
+    with pytest.raises(OSError, match=r"could not write checkpoint .*last\.pt: no space left on device"):
+        checkpoint.save_atomic({"model": {"w": torch.ones(2)}}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_error_is_one_cli_line(tmp_path):
+    """Fault: an --out that cannot be created (under a regular file; a read-only folder does not
+    stop root). Before: a NotADirectoryError traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = _cli("--image-size", "32", "--epochs", "1", "--synthetic-train", "16", "--synthetic-test", "8",
+                  "--out", str(blocker / "run"), "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and str(blocker) in last

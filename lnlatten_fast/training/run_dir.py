@@ -161,7 +161,7 @@ def resumed_settings(run_dir: Path, changes: dict) -> TrainSettings:
     for name, value in run_changes.items():
         if name not in RESUMABLE_CHANGES and getattr(stored, name) != value:
             raise _refuse(name, getattr(stored, name), value)
-    return dataclasses.replace(stored, **run_changes, resume=True)
+    return dataclasses.replace(stored, **{**run_changes, "resume": True})
 
 
 def check_resume(run_dir: Path, settings: TrainSettings) -> TrainSettings:
