@@ -29,6 +29,7 @@ BACKENDS = ("auto", "reference", "native", "triton")
 INITS = ("xavier", "kaiming")
 # U-Net downsamples four times (2x2 max-pool), so the input must divide by 2**4.
 UNET_DOWNSAMPLING = 16
+MIN_WINDOW = 8  # SimpleNet pools its windows 2x2 three times
 
 
 def _flag(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -182,7 +183,27 @@ class LNLConfig:
                 f"must equal global_width when the non-local attention is used (eq. 1 adds flat(s) "
                 f"to g), got {self.attention_dim} and {self.global_width}",
             )
-        self.geometry  # raises if the patch lattice is impossible
+        try:
+            geom = self.geometry
+        except ValueError as error:  # no lattice of these windows tiles the image
+            raise ParameterError("num_patches", f"{self.num_patches} (overlap {self.overlap}) cannot tile a "
+                                 f"{self.image_size} px image: {error}") from None
+        if geom.patch < MIN_WINDOW:
+            raise ParameterError(
+                "image_size",
+                f"{self.image_size} with {self.num_patches} windows gives {geom.patch} px windows; SimpleNet's "
+                f"three 2x2 pools need >= {MIN_WINDOW} px: use `image_size` >= {self.smallest_image_size()} "
+                f"or fewer `num_patches`")
+
+    def smallest_image_size(self) -> int:
+        """The smallest image size (a multiple of the U-Net's 16) whose windows SimpleNet can pool."""
+        for size in range(UNET_DOWNSAMPLING, 1024 * UNET_DOWNSAMPLING + 1, UNET_DOWNSAMPLING):
+            try:
+                if PatchGeometry.for_image(size, self.num_patches, self.overlap).patch >= MIN_WINDOW:
+                    return size
+            except ValueError:
+                continue
+        raise ParameterError("num_patches", f"{self.num_patches} windows (overlap {self.overlap}) tile no image size")
 
 
 # ---- presets ------------------------------------------------------------------------------

@@ -30,8 +30,17 @@ def heatmap_path(template: str, index: int, count: int) -> Path:
     return out if count == 1 else out.with_name(f"{out.stem}-{index}{out.suffix or '.png'}")
 
 
+HEATMAP_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not 1 <= args.top <= 7:
+        print(f"error: --top {args.top}: expected 1 to 7 (there are 7 expressions)", file=sys.stderr)
+        return 2
+    if args.heatmap and Path(args.heatmap).suffix.lower() not in HEATMAP_FORMATS:
+        print(f"error: --heatmap {args.heatmap}: expected a file ending in {', '.join(HEATMAP_FORMATS)}", file=sys.stderr)
+        return 2
     try:
         found = predict_files(args.images, args.checkpoint, args.device, args.top)
     except cli.LIBRARY_ERRORS as error:

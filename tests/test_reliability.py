@@ -266,3 +266,65 @@ def test_a_write_error_is_one_cli_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and str(blocker) in last
+
+
+# ---- validation up front -------------------------------------------------------------------------
+@pytest.mark.parametrize("flags,message", [
+    (["--image-size", "16"], "error: --image-size 16 with 16 windows gives 4 px windows; SimpleNet's three 2x2 pools "
+                             "need >= 8 px: use --image-size >= 32 or fewer --num-patches"),
+    (["--synthetic-train", "0"], "error: --synthetic-train must be positive"),
+    (["--synthetic-test", "0"], "error: --synthetic-test must be positive"),
+    (["--val-fraction", "0.01", "--synthetic-train", "7"], "error: --val-fraction gives an empty validation split"),
+    (["--backend", "triton"], "error: --backend 'triton' cannot run on cpu: "),
+])
+def test_bad_runs_are_refused_up_front_with_one_line(tmp_path, flags, message):
+    """Faults: windows too small for three poolings (before: failed inside the forward pass,
+    naming no flag), --synthetic-train 0 (before: trained forever on nothing), an empty
+    validation split (before: NaN accuracy, no best.pt), the triton backend on a CPU without the
+    interpreter (before: a traceback). Nothing is written."""
+    if flags[0] == "--backend" and torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the triton backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # a user's plain shell
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "lnlatten_fast.train", "--epochs", "1", "--out", str(out),
+                             "--cache-dir", str(tmp_path / "cache"), *flags],
+                            capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+    assert not (out / "metrics.jsonl").exists() and not list(out.glob("*.pt"))
+
+
+def test_smallest_image_size_per_patch_count():
+    assert LNLConfig.tiny(num_patches=16).smallest_image_size() == 32
+    assert LNLConfig.tiny(num_patches=4).smallest_image_size() == 16
+    assert LNLConfig.tiny(num_patches=1).smallest_image_size() == 16
+
+
+def test_a_checkpoint_whose_class_count_disagrees_with_its_config_is_one_error(tmp_path, capsys):
+    """Fault: a checkpoint whose head has 8 classes while its config says 7. Before: a
+    size-mismatch traceback from load_state_dict."""
+    from lnlatten_fast import evaluate as evaluate_cli
+
+    model = LNLAttenNet(LNLConfig.tiny(image_size=32))
+    state = model.state_dict()
+    head = [k for k in state if state[k].shape[:1] == (7,)][-1]
+    state[head] = torch.zeros((8, *state[head].shape[1:]))
+    settings = small_settings(tmp_path / "run")
+    settings.validate()
+    checkpoint.save_atomic(dict(model=state, config=settings.model.to_dict(), settings=settings.to_dict(), epoch=1,
+                                test_accuracy=0.5, class_names=[], fold=None), tmp_path / "bad.pt")
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "bad.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: checkpoint {tmp_path / 'bad.pt'} does not match its config") and head in err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--top", "0"], "error: --top 0: expected 1 to 7"),
+    (["--heatmap", "out.tiff"], "error: --heatmap out.tiff: expected a file ending in .png"),
+])
+def test_predict_refuses_bad_flags_before_loading(tmp_path, capsys, flags, message):
+    from lnlatten_fast import predict as predict_cli
+
+    assert predict_cli.main(["face.png", "--checkpoint", str(tmp_path / "none.pt"), *flags]) == 2
+    assert capsys.readouterr().err.strip().startswith(message)

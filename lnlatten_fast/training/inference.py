@@ -33,7 +33,16 @@ def load_model(path, device: torch.device, backend: str | None = None) -> tuple[
     if backend is not None:
         config = config.replace(backend=backend)
     model = LNLAttenNet(config)
-    model.load_state_dict(payload["model"])
+    expected, found = model.state_dict(), payload["model"]
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(found[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"checkpoint {path} does not match its config (num_classes {config.num_classes}): {k} has "
+                         f"shape {tuple(found[k].shape)}, the config's model {tuple(expected[k].shape)}")
+    model.load_state_dict(found)
     return model.to(device).channels_last().eval(), payload
 
 

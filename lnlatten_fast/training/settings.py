@@ -75,6 +75,9 @@ class TrainSettings:
         if self.l2_mode not in L2_MODES:
             raise ParameterError("l2_mode", f"must be decoupled or loss, got {self.l2_mode!r}")
         check_precision(self.precision)
+        for name in ("synthetic_train", "synthetic_test"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ParameterError(name, f"must be positive (an empty split trains or tests nothing), got {getattr(self, name)}")
         if self.workers < 0:
             raise ParameterError("workers", f"must be >= 0, got {self.workers}")
         if self.folds is not None and self.folds != 0 and self.folds < 2:

@@ -294,6 +294,12 @@ def train(settings: TrainSettings) -> dict:
     if settings.resume:
         settings = runs.check_resume(Path(settings.out), settings)
     ctx = distributed.setup(settings.device)
+    try:  # before any work: a backend that cannot run here is the user's choice to fix
+        resolve_name(settings.model.backend, ctx.device)
+    except RuntimeError as error:
+        distributed.teardown(ctx)
+        reason = str(error).split(": ", 1)[-1]  # dispatch says "backend X cannot run on Y: <why>"
+        raise ParameterError("backend", f"{settings.model.backend!r} cannot run on {ctx.device}: {reason}") from None
     lock = runs.RunLock(Path(settings.out)) if ctx.is_main else contextlib.nullcontext()
     try:
         with lock:
@@ -308,12 +314,14 @@ def _train_locked(settings: TrainSettings, ctx: distributed.Context) -> dict:
     val_set = None
     summaries = []
     for fold, (train_set, test_set) in enumerate(splits):
+        _check_not_empty(settings, fold if len(splits) > 1 else None, train=train_set, test=test_set)
         fold_dir = run_dir / f"fold{fold}" if len(splits) > 1 else run_dir
         if ctx.is_main:
             fold_dir.mkdir(parents=True, exist_ok=True)
         if settings.val_fraction:
             keep, held = stratified_holdout(train_set.labels, settings.val_fraction, settings.seed)
             train_set, val_set = train_set.subset(keep), train_set.subset(held)
+            _check_not_empty(settings, fold if len(splits) > 1 else None, train=train_set, validation=val_set)
         summaries.append(fit(settings, train_set, test_set, fold_dir, ctx, val_set, fold if len(splits) > 1 else None))
     summary = summaries[0] if len(summaries) == 1 else _merge_folds(summaries)
     if ctx.is_main:
@@ -325,6 +333,15 @@ def _train_locked(settings: TrainSettings, ctx: distributed.Context) -> dict:
     return summary
 
 
+
+
+def _check_not_empty(settings: TrainSettings, fold: int | None, **splits: ImageSet) -> None:
+    """An empty split would train on nothing or report NaN accuracy: refuse it by name."""
+    for name, images in splits.items():
+        if len(images) == 0:
+            where = f" of fold {fold}" if fold is not None else ""
+            cause = "val_fraction" if name == "validation" else ("dataset" if settings.data_root is None else "data_root")
+            raise ParameterError(cause, f"gives an empty {name} split{where} ({settings.dataset!r})")
 
 
 def _merge_folds(summaries: list[dict]) -> dict:
