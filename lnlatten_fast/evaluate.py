@@ -45,6 +45,9 @@ def main(argv=None) -> int:
         print(f"test accuracy        {result['accuracy']:.4f} "
               f"(recorded at training: {result['recorded_test_accuracy']:.4f})")
         print(f"mean class accuracy  {result['mean_class_accuracy']:.4f}")
+    if result["skipped"]:
+        print(f"warning: {len(result['skipped'])} test image(s) could not be decoded and were left out, e.g. "
+              f"{result['skipped'][0]['path']}: {result['skipped'][0]['reason']}", file=sys.stderr)
     if result["nonfinite"]:
         print(f"warning: {result['nonfinite']} of {result['images']} images got NaN/inf logits; "
               "they are counted as wrong (the checkpoint's weights or inputs are broken)", file=sys.stderr)

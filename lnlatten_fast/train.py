@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="subject-independent K-fold cross-validation (default: 5 for ckplus, else the dataset's own split)")
     data.add_argument("--val-fraction", type=float, default=d.val_fraction,
                       help="hold out this fraction of the training set (per class) as validation; 0 = none")
+    data.add_argument("--strict", action="store_true",
+                      help="an image that cannot be decoded stops the run, naming the file (default: it is "
+                           "skipped, counted, and listed in RUN_DIR/skipped.txt)")
     data.add_argument("--synthetic-train", type=int, default=None,
                       help=f"synthetic training images (default {SPLIT_SIZES['train']})")
     data.add_argument("--synthetic-test", type=int, default=None,

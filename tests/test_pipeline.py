@@ -102,10 +102,13 @@ def test_image_cache_decodes_once_and_rebuilds_when_a_source_changes(tmp_path):
 
 
 def test_image_cache_names_an_undecodable_file(tmp_path):
+    """Strict: the build fails naming the file. By default the image is left out and listed."""
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match="broken.jpg"):
-        build_image_cache([Sample(0, path=bad)], 16, "bad", tmp_path / "cache")
+        build_image_cache([Sample(0, path=bad)], 16, "bad", tmp_path / "cache", strict=True)
+    images = build_image_cache([Sample(0, path=bad)], 16, "bad", tmp_path / "cache")
+    assert len(images) == 0 and [item["path"] for item in images.skipped] == [str(bad)]
 
 
 def test_synthetic_splits_are_disjoint_and_cached(tmp_path):

@@ -26,11 +26,14 @@ def load_split(
     workers: int = 0,
     seed: int = 0,
     synthetic_size: int | None = None,
+    strict: bool = False,
 ) -> ImageSet:
     """Images of `split` ("train", "test" or "all") of `dataset` at `image_size` px.
 
     `data_root` is the dataset's root (not needed for the synthetic set, which draws
     `synthetic_size` images from `seed` instead); `workers` processes decode into `cache_dir`.
+    An image that cannot be decoded is left out and listed in the result's `skipped`; with
+    `strict` it raises ImageDecodeError naming the file.
     """
     if dataset not in DATASETS:
         raise ParameterError("dataset", f"must be one of {', '.join(DATASETS)}; got {dataset!r}")
@@ -47,4 +50,4 @@ def load_split(
     samples = read_dataset(dataset, root, split)
     root_tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
     name = f"{dataset}-{split}-{root_tag}"
-    return build_image_cache(samples, image_size, name, cache_dir, workers)
+    return build_image_cache(samples, image_size, name, cache_dir, workers, strict=strict)

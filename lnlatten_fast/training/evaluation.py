@@ -81,6 +81,6 @@ def evaluate_checkpoint(
     result = evaluate(model, test_set, batch_size, ctx, precision or settings.precision)
     result.update(
         checkpoint=str(checkpoint), epoch=payload["epoch"], dataset=settings.dataset,
-        images=len(test_set), recorded_test_accuracy=payload["test_accuracy"],
+        images=len(test_set), recorded_test_accuracy=payload["test_accuracy"], skipped=test_set.skipped,
     )
     return result

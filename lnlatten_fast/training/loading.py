@@ -18,7 +18,7 @@ __all__ = ["load_data", "load_test_split"]
 def _common(settings: TrainSettings, image_size: int) -> dict:
     return dict(
         image_size=image_size, data_root=settings.data_root, cache_dir=settings.cache_dir,
-        workers=settings.workers, seed=settings.seed,
+        workers=settings.workers, seed=settings.seed, strict=settings.strict,
     )
 
 

@@ -51,6 +51,7 @@ class TrainSettings:
     synthetic_train: int | None = None
     synthetic_test: int | None = None
     crop_padding: int | None = None  # None: image_size // 16
+    strict: bool = False  # an undecodable image fails the run (default: skipped and listed)
 
     def validate(self) -> None:
         """Check every field, and fill in the preset's model, batch size and lr where None."""

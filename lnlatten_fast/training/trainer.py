@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -311,6 +312,9 @@ def train(settings: TrainSettings) -> dict:
 def _train_locked(settings: TrainSettings, ctx: distributed.Context) -> dict:
     run_dir = _prepare_run_dir(settings, ctx)
     splits = load_data(settings, settings.model.image_size)
+    skipped = {item["path"]: item["reason"] for pair in splits for images in pair for item in images.skipped}
+    if ctx.is_main and skipped:
+        (run_dir / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in sorted(skipped.items())))
     val_set = None
     summaries = []
     for fold, (train_set, test_set) in enumerate(splits):
@@ -327,6 +331,10 @@ def _train_locked(settings: TrainSettings, ctx: distributed.Context) -> dict:
     if ctx.is_main:
         print(_write_summary(run_dir, summary, settings))
         print(f"run directory: {run_dir}")
+        if skipped:
+            print(f"warning: {len(skipped)} image(s) could not be decoded and were left out; "
+                  f"they are listed with the reason in {run_dir / 'skipped.txt'} (`strict` makes them fatal)",
+                  file=sys.stderr)
     # A rank that tears its process group down while another still works can abort the
     # job at exit (seen with gloo): leave together.
     distributed.barrier(ctx)

@@ -21,7 +21,7 @@ import os
 import re
 from typing import Callable
 
-from ._common import IMAGE_EXTENSIONS, Sample
+from ._common import IMAGE_EXTENSIONS, Sample, check_listing
 from .affectnet import read_affectnet
 from .ckplus import read_ckplus
 from .fer2013 import read_fer2013
@@ -64,8 +64,14 @@ def _normalise_name(name: str) -> str:
 
 def read_dataset(name: str, root: str | os.PathLike, split: str, **kw) -> list[Sample]:
     """Dispatch to the reader registered under ``name`` (see :data:`DATASET_READERS`; case,
-    '-', '_' are ignored and '+' reads 'plus', so "RAF-DB" and "CK+" work)."""
+    '-', '_' are ignored and '+' reads 'plus', so "RAF-DB" and "CK+" work). The listing is
+    checked (`check_listing`): exact duplicates dropped with a warning; an image listed with
+    two labels, boxes or splits is a ValueError naming both places."""
     key = _normalise_name(name) if isinstance(name, str) else name
     if key not in DATASET_READERS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASET_READERS)}")
-    return DATASET_READERS[key](root, split, **kw)
+    reader = DATASET_READERS[key]
+    samples = reader(root, split, **kw)
+    if split != "all":  # an image in two splits is only visible in the whole listing
+        check_listing(reader(root, "all", **kw), f"{key} listing of {root}", warn=False)
+    return check_listing(samples, f"{key} {split} listing of {root}")

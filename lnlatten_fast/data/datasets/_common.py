@@ -10,6 +10,7 @@ of a malformed entry.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -20,7 +21,7 @@ from ..labels import CLASS_NAMES_8
 
 __all__ = [
     "Sample", "IMAGE_EXTENSIONS", "check_split", "require_dir", "require_file", "child_dir",
-    "subdirs", "image_files", "check_paths_exist", "open_csv", "parse_int",
+    "subdirs", "image_files", "warn_ignored", "check_paths_exist", "open_csv", "parse_int", "check_listing",
 ]
 
 #: Image file suffixes (lower-case) listed by the folder-based readers.
@@ -38,6 +39,7 @@ class Sample:
     subject: subject id, for subject-independent folds (CK+, manifests with a subject column).
     split:   "train" / "test" / "val" as the dataset defines it (None where it defines none).
     box:     face crop (x, y, w, h) in pixels when the dataset gives one (AffectNet).
+    source:  where the record was listed ("<file>, line <n>"), for error messages.
     """
 
     label: int
@@ -46,6 +48,7 @@ class Sample:
     subject: str | None = None
     split: str | None = None
     box: tuple[int, int, int, int] | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         label = self.label
@@ -116,17 +119,62 @@ def subdirs(parent: Path) -> list[Path]:
     )
 
 
-def image_files(folder: Path) -> list[Path]:
-    return sorted(
-        (
-            Path(e.path)
-            for e in os.scandir(folder)
-            if e.is_file()
-            and not e.name.startswith(".")
-            and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-        ),
-        key=lambda p: p.name,
-    )
+def image_files(folder: Path, ignored: dict | None = None) -> list[Path]:
+    """The image files of `folder`, by name. `ignored` (if given) counts what was left out:
+    "other files" (no image suffix) and "dangling links" (symlinks to nothing)."""
+    found = []
+    for e in os.scandir(folder):
+        if e.name.startswith("."):
+            continue
+        if e.is_symlink() and not os.path.exists(e.path):
+            if ignored is not None:
+                ignored["dangling links"] = ignored.get("dangling links", 0) + 1
+            continue
+        if not e.is_file():
+            continue
+        if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+            found.append(Path(e.path))
+        elif ignored is not None:
+            ignored["other files"] = ignored.get("other files", 0) + 1
+    return sorted(found, key=lambda p: p.name)
+
+
+def warn_ignored(ignored: dict, where: Path) -> None:
+    """One warning line with the counts image_files left out under `where`."""
+    if any(ignored.values()):
+        counts = ", ".join(f"{n} {what}" for what, n in sorted(ignored.items()) if n)
+        print(f"warning: {where}: ignored {counts} (image suffixes: {', '.join(sorted(IMAGE_EXTENSIONS))})",
+              file=sys.stderr)
+
+
+def check_listing(samples: list[Sample], what: str, warn: bool = True) -> list[Sample]:
+    """A reader's records with exact duplicates dropped (one warning with their count). An image
+    listed twice with different labels, face boxes or splits (a test image in the training
+    set) is a ValueError naming both places."""
+    first_of: dict[str, Sample] = {}
+    kept: list[Sample] = []
+    duplicates = 0
+    for s in samples:
+        if s.path is None:
+            kept.append(s)
+            continue
+        first = first_of.setdefault(str(s.path), s)
+        if first is s:
+            kept.append(s)
+            continue
+        here, there = s.source or str(s.path), first.source or str(first.path)
+        if first.label != s.label:
+            raise ValueError(f"{here}: {s.path.name} is labelled {s.class_name} here but {first.class_name} at {there}")
+        if first.split != s.split:
+            raise ValueError(f"{here}: {s.path.name} is listed in {s.split!r} here and in {first.split!r} at {there}: "
+                             "an image in both would leak the test set into training")
+        if first.box != s.box:
+            raise ValueError(f"{here}: {s.path.name} has face box {s.box} here but {first.box} at {there}")
+        duplicates += 1
+    if duplicates and warn:
+        print(f"warning: {what}: {duplicates} exact duplicate record(s) ignored (same image, label and split)",
+              file=sys.stderr)
+    return kept
 
 
 def check_paths_exist(paths: Iterable[Path], what: str) -> None:

@@ -120,5 +120,7 @@ def _read_affectnet_csv(csv_path: Path, image_root: Path, split: str, num_classe
             )
             if box[2] <= 0 or box[3] <= 0:
                 raise ValueError(f"{csv_path}, line {line}: face_width / face_height must be > 0, got {box}")
-            out.append(Sample(label, path=image_root / rel, split=split, box=box))
+            if box[0] < 0 or box[1] < 0:
+                raise ValueError(f"{csv_path}, line {line}: face_x / face_y must be >= 0 (inside the image), got {box}")
+            out.append(Sample(label, path=image_root / rel, split=split, box=box, source=f"{csv_path}, line {line}"))
     return out

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ..labels import parse_class_name
-from ._common import Sample, child_dir, image_files, require_dir, subdirs
+from ._common import Sample, child_dir, image_files, require_dir, subdirs, warn_ignored
 
 __all__ = ["read_folder"]
 
@@ -42,11 +42,15 @@ def read_folder(root: str | os.PathLike, split: str) -> list[Sample]:
     root = Path(root)
     require_dir(root, "image folder root")
 
+    ignored: dict = {}
+
     def collect(d: Path, s: str | None) -> list[Sample]:
         out: list[Sample] = []
         for cls_dir in subdirs(d):
             label = _folder_label(cls_dir)
-            out.extend(Sample(label, path=p, split=s) for p in image_files(cls_dir))
+            out.extend(Sample(label, path=p, split=s) for p in image_files(cls_dir, ignored))
+        warn_ignored(ignored, d)
+        ignored.clear()
         return out
 
     if split != "all":

@@ -13,7 +13,10 @@ from pathlib import Path
 from ..labels import parse_class_name
 from ._common import Sample, check_paths_exist, open_csv, require_file
 
-__all__ = ["read_manifest"]
+__all__ = ["read_manifest", "MANIFEST_SPLITS"]
+
+#: The split column's values (case-insensitive); anything else is an error naming the line.
+MANIFEST_SPLITS = ("train", "test", "val")
 
 
 def read_manifest(csv_path: str | os.PathLike, split: str, *, check_files: bool = True) -> list[Sample]:
@@ -24,8 +27,9 @@ def read_manifest(csv_path: str | os.PathLike, split: str, *, check_files: bool 
     ``path`` is relative to the CSV's directory (or absolute). ``label`` is a canonical index
     0..6 or a class name (case-insensitive, synonyms as :data:`..labels.CLASS_SYNONYMS`).
     ``subject`` (optional, empty → None) feeds :func:`..splits.kfold_by_subject`. With a
-    ``split`` column the rows whose split equals ``split`` (case-insensitive) are returned, all
-    rows for ``split="all"``; without one only ``split="all"`` is accepted.
+    ``split`` column (values train, test, val; case-insensitive; anything else is an error) the
+    rows whose split equals ``split`` are returned, all rows for ``split="all"``; without one
+    only ``split="all"`` is accepted.
 
     check_files: when True (default) every listed image must exist.
     """
@@ -65,8 +69,9 @@ def read_manifest(csv_path: str | os.PathLike, split: str, *, check_files: bool 
                     f"{path}, line {line}: expected {len(cols)} columns ({','.join(header)}), got {len(row)}"
                 )
             row_split = row[isplit].strip().lower() if isplit is not None else None
-            if isplit is not None and not row_split:
-                raise ValueError(f"{path}, line {line}: empty split value")
+            if isplit is not None and row_split not in MANIFEST_SPLITS:
+                raise ValueError(f"{path}, line {line}: split must be one of {', '.join(MANIFEST_SPLITS)}, "
+                                 f"got {row[isplit].strip()!r}")
             if split != "all" and row_split != split:
                 continue
             rel = row[ip].strip()
@@ -79,7 +84,7 @@ def read_manifest(csv_path: str | os.PathLike, split: str, *, check_files: bool 
             subject = (row[isub].strip() or None) if isub is not None else None
             p = Path(rel)
             p = p if p.is_absolute() else base / p
-            samples.append(Sample(label, path=p, subject=subject, split=row_split))
+            samples.append(Sample(label, path=p, subject=subject, split=row_split, source=f"{path}, line {line}"))
     if check_files:
         check_paths_exist((s.path for s in samples), f"manifest {path}")
     return samples

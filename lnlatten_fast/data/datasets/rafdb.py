@@ -103,4 +103,4 @@ def _parse_rafdb_lines(text, label_file, aligned, image_dir, want_train, want_te
             )
         if aligned:
             name = name.rsplit(".", 1)[0] + "_aligned.jpg"
-        append(Sample(label_map[int(code)], path=image_dir / name, split=s))
+        append(Sample(label_map[int(code)], path=image_dir / name, split=s, source=f"{label_file}, line {lineno}"))
