@@ -328,3 +328,251 @@ def test_predict_refuses_bad_flags_before_loading(tmp_path, capsys, flags, messa
 
     assert predict_cli.main(["face.png", "--checkpoint", str(tmp_path / "none.pt"), *flags]) == 2
     assert capsys.readouterr().err.strip().startswith(message)
+
+
+# ---- images -------------------------------------------------------------------------------------
+from PIL import Image  # noqa: E402
+
+from lnlatten_fast.data import load_image  # noqa: E402
+from lnlatten_fast.data.images import FaceBoxError, ImageDecodeError  # noqa: E402
+
+
+def test_16_bit_images_are_scaled_not_saturated(tmp_path):
+    """Fault: a 16-bit PNG. Before: 97-99% of the pixels became 255."""
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    pixels = load_image(path)
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    expected = np.rint(ramp.astype(np.float64) / 65535 * 255)
+    assert np.abs(pixels[..., 0].astype(np.float64) - expected).max() <= 1
+    assert (pixels == 255).mean() < 0.01
+
+
+def test_float_images_in_0_1_are_scaled(tmp_path):
+    values = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    path = tmp_path / "float.tiff"
+    Image.fromarray(values, mode="F").save(path)
+    pixels = load_image(path)
+    assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255 and 120 <= pixels[16, 0, 0] <= 135
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """Fault: a phone photo stored sideways with EXIF Orientation 6. Before: decoded sideways."""
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high as stored
+    stored[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    pixels = load_image(path)
+    assert pixels.shape == (40, 20, 3)  # upright: 20 wide, 40 high
+    assert pixels[:20].mean() > 200 and pixels[20:].mean() < 50  # the white half is now on top
+
+
+def test_a_decompression_bomb_is_named(tmp_path, monkeypatch):
+    """Fault: an image whose header claims far more pixels than Pillow allows. Before: a
+    DecompressionBombError traceback that never named the file."""
+    path = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageDecodeError, match=r"cannot decode image .*bomb\.png: decompression bomb"):
+        load_image(path)
+
+
+def test_a_box_outside_the_image_is_an_error(tmp_path):
+    """Fault: an AffectNet face box past the image's edge. Before: an all-black training image."""
+    path = tmp_path / "face.png"
+    Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(path)
+    with pytest.raises(FaceBoxError, match="outside the 30x30 image"):
+        load_image(path, 16, box=(10, 10, 30, 5))
+    assert load_image(path, 16, box=(0, 0, 30, 30)).shape == (16, 16, 3)
+
+
+def _face_folder(root, corrupt: int = 0):
+    """root/{train,test}/<Class>/<i>.png: 2 train and 1 test image per class, `corrupt` of the
+    training files replaced by bytes that are not an image."""
+    rng = np.random.default_rng(0)
+    from lnlatten_fast.data.labels import CLASS_NAMES
+
+    for split, count in (("train", 2), ("test", 1)):
+        for name in CLASS_NAMES:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    bad = sorted((root / "train").glob("*/0.png"))[:corrupt]
+    for path in bad:
+        path.write_bytes(b"\x89PNG truncated")
+    return bad
+
+
+def test_an_undecodable_image_is_skipped_and_listed_or_fatal_with_strict(tmp_path):
+    """Fault: one corrupt image in the training set. Before: the whole cache build aborted."""
+    data = tmp_path / "faces"
+    bad = _face_folder(data, corrupt=1)
+    base = ["--dataset", "folder", "--data-root", str(data), "--image-size", "32", "--epochs", "1",
+            "--batch-size", "4", "--cache-dir", str(tmp_path / "cache")]
+    result = _cli(*base, "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
+    assert len(listed) == 1 and listed[0].startswith(f"{bad[0]}\t")
+    assert "1 image(s) could not be decoded" in result.stderr
+    strict = _cli(*base, "--strict", "--out", str(tmp_path / "strict"))
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr
+    assert strict.stderr.strip().splitlines()[-1].startswith(f"error: cannot decode image {bad[0]}")
+
+
+def test_a_torn_cache_file_is_rebuilt_and_named(tmp_path, capsys):
+    """Fault: a cache .npy cut short (a full disk, a killed copy). Before: it stayed broken and
+    its name was never given."""
+    from lnlatten_fast.data.sources import load_split
+
+    first = load_split("synthetic", "train", 32, cache_dir=tmp_path, synthetic_size=14)
+    expected = np.array(first.images)
+    (npy,) = [p for p in tmp_path.glob("synthetic-train-32px-*.npy") if not p.name.endswith(".labels.npy")]
+    npy.write_bytes(npy.read_bytes()[:1000])
+    again = load_split("synthetic", "train", 32, cache_dir=tmp_path, synthetic_size=14)
+    assert np.array_equal(np.array(again.images), expected)
+    assert f"warning: cache file {npy} is unreadable" in capsys.readouterr().err
+
+
+# ---- readers ------------------------------------------------------------------------------------
+from lnlatten_fast.data.datasets import read_affectnet, read_dataset, read_ferplus, read_manifest, read_rafdb  # noqa: E402
+
+
+def _manifest(tmp_path, rows):
+    path = tmp_path / "manifest.csv"
+    path.write_text("path,label,split\n" + "".join(f"{r}\n" for r in rows))
+    return path
+
+
+def test_unknown_manifest_split_values_are_errors(tmp_path):
+    """Fault: split `training`. Before: the row was dropped silently."""
+    path = _manifest(tmp_path, ["a.png,happy,train", "b.png,sad,training"])
+    with pytest.raises(ValueError, match=rf"{path}, line 3: split must be one of train, test, val, got 'training'"):
+        read_manifest(path, "all", check_files=False)
+
+
+def test_an_image_in_both_train_and_test_is_an_error(tmp_path):
+    """Fault: the same file listed in train and test. Before: accepted, leaking the test set."""
+    path = _manifest(tmp_path, ["a.png,happy,train", "b.png,sad,test", "a.png,happy,test"])
+    for split in ("train", "all"):
+        with pytest.raises(ValueError, match=rf"line 4: a.png is listed in 'test' here and in 'train' at {path}, line 2"):
+            read_dataset("manifest", path, split, check_files=False)
+
+
+def test_rafdb_duplicates_conflicting_labels_are_errors_exact_ones_warnings(tmp_path, capsys):
+    """Fault: an image listed twice with different labels. Before: both were kept."""
+    labels = tmp_path / "list_patition_label.txt"
+    labels.write_text("train_00001.jpg 4\ntrain_00002.jpg 1\ntrain_00001.jpg 4\n")
+    samples = read_dataset("rafdb", labels, "train", check_files=False)
+    assert len(samples) == 2 and "1 exact duplicate record(s) ignored" in capsys.readouterr().err
+    labels.write_text("train_00001.jpg 4\ntrain_00002.jpg 1\ntrain_00001.jpg 5\n")
+    with pytest.raises(ValueError, match=rf"{labels}, line 3: train_00001.jpg is labelled Sadness here but Happiness at {labels}, line 1"):
+        read_dataset("rafdb", labels, "train", check_files=False)
+
+
+def test_ignored_files_and_dangling_links_are_counted(tmp_path, capsys):
+    """Fault: a dangling symlink and a .txt among the images. Before: skipped without a count."""
+    _face_folder(tmp_path / "faces")
+    happy = tmp_path / "faces" / "train" / "Happiness"
+    (happy / "notes.txt").write_text("x")
+    (happy / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    samples = read_dataset("folder", tmp_path / "faces", "train")
+    assert len(samples) == 14
+    err = capsys.readouterr().err
+    assert "ignored 1 dangling links, 1 other files" in err
+
+
+def test_a_box_outside_the_image_names_the_csv_line(tmp_path):
+    images = tmp_path / "Manually_Annotated_Images" / "1"
+    images.mkdir(parents=True)
+    Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(images / "f.png")
+    from lnlatten_fast.data.cache import build_image_cache
+    from lnlatten_fast.data.datasets import Sample
+
+    sample = Sample(3, path=images / "f.png", box=(5, 5, 40, 40), source="training.csv, line 7")
+    with pytest.raises(FaceBoxError, match=r"training.csv, line 7: face box .* outside the 30x30 image"):
+        build_image_cache([sample], 16, "box", tmp_path / "cache")
+
+
+# ---- the parsers take any text: they parse it or raise the documented error ------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ_EXAMPLES = int(os.environ.get("LNL_FUZZ_EXAMPLES", 60))
+_TEXT = st.text(st.sampled_from(list("train_test0123456789.jpgpn,;\" \t\n\rxyzHSAF-/\\é\x00")),
+                max_size=300)
+_LINES = st.lists(st.one_of(
+    st.sampled_from(["train_00001.jpg 4", "test_00002.jpg 7", "train_00001.jpg 5", "x 1", "", "  ",
+                     "a.png,happy,train", "a.png,3,test", "b.png,Angry,val", "path,label,split", ",,", "a.png,9,train",
+                     "train/x.jpg,4,0,0,10,10,1,0,0", "x.jpg,1,1,-3,5,5,2,0,0", "Training,fer0.png,10,0,0,0,0,0,0,0,0,0"]),
+    _TEXT), max_size=12).map("\n".join)
+
+
+def _parses_or_raises_value_error(call, path):
+    try:
+        result = call()
+    except ValueError as error:
+        assert str(path) in str(error) or "split" in str(error), str(error)
+        return
+    assert isinstance(result, list)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_LINES)
+def test_fuzz_rafdb_list(tmp_path, text):
+    path = tmp_path / "list_patition_label.txt"
+    path.write_text(text, encoding="utf-8")
+    _parses_or_raises_value_error(lambda: read_dataset("rafdb", path, "all", check_files=False), path)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_LINES)
+def test_fuzz_manifest(tmp_path, text):
+    path = tmp_path / "manifest.csv"
+    path.write_text("path,label,split\n" + text, encoding="utf-8")
+    _parses_or_raises_value_error(lambda: read_dataset("manifest", path, "train", check_files=False), path)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_LINES)
+def test_fuzz_affectnet_csv(tmp_path, text):
+    root = tmp_path / "affectnet"
+    root.mkdir(exist_ok=True)
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal\n"
+    (root / "training.csv").write_text(header + text, encoding="utf-8")
+    (root / "validation.csv").write_text(header, encoding="utf-8")
+    _parses_or_raises_value_error(lambda: read_affectnet(root, "train", check_files=False), root)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_LINES)
+def test_fuzz_ferplus_csv(tmp_path, text):
+    fer = tmp_path / "fer2013.csv"
+    fer.write_text("emotion,pixels,Usage\n" + "0," + " ".join(["0"] * 2304) + ",Training\n", encoding="utf-8")
+    plus = tmp_path / "fer2013new.csv"
+    plus.write_text("Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
+                    + text, encoding="utf-8")
+    _parses_or_raises_value_error(lambda: read_ferplus(fer, plus, "all"), tmp_path)
+
+
+def test_predict_refuses_nan_probabilities(tmp_path, capsys):
+    """Fault: a checkpoint with NaN weights (written before checkpoints refused them). Before:
+    `predict` printed `nan` probabilities."""
+    from lnlatten_fast import predict as predict_cli
+
+    model = LNLAttenNet(LNLConfig.tiny(image_size=32))
+    state = model.state_dict()
+    next(iter(v for v in state.values() if torch.is_floating_point(v))).fill_(float("nan"))
+    settings = small_settings(tmp_path / "run")
+    settings.validate()
+    torch.save(dict(model=state, config=settings.model.to_dict(), settings=settings.to_dict(), epoch=1,
+                    test_accuracy=0.5, class_names=["a"] * 7, fold=None, format=checkpoint.FORMAT), tmp_path / "nan.pt")
+    face = tmp_path / "face.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(face)
+    assert predict_cli.main([str(face), "--checkpoint", str(tmp_path / "nan.pt")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: checkpoint {tmp_path / 'nan.pt'} gives NaN/inf probabilities: its weights are broken (a diverged run?)")

@@ -81,6 +81,9 @@ def predict_files(paths, checkpoint_path, device: str = "auto", top: int = 3) ->
     images = load_images(paths, model.config.image_size)
     names = payload["class_names"]
     probs, nonlocal_weights, _ = predict(model, images, chosen)
+    if not bool(probs.isfinite().all()):
+        raise ValueError(f"checkpoint {checkpoint_path} gives NaN/inf probabilities: its weights are broken "
+                         "(a diverged run?)")
     best = probs.topk(min(top, len(names)), dim=1)
     ranked = [
         [(names[c], p) for p, c in zip(values, indices)]
