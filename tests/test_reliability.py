@@ -135,16 +135,16 @@ from lnlatten_fast.training import checkpoint, run_dir as runs
 from lnlatten_fast.training.settings import TrainSettings
 from lnlatten_fast.training.trainer import train
 
-out, cache, point = sys.argv[1], sys.argv[2], sys.argv[3]
+out, cache, point, epoch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 real_replace, real_append = os.replace, runs.append_epoch
 
 def replace(src, dst):
-    if point == "before-rename" and Path(dst).name == "last.pt" and torch.load(src, weights_only=True)["epoch"] == 2:
+    if point == "before-rename" and Path(dst).name == "last.pt" and torch.load(src, weights_only=True)["epoch"] == epoch:
         os.kill(os.getpid(), signal.SIGKILL)
     return real_replace(src, dst)
 
 def append(run_dir, record):
-    if point == "after-rename" and record["epoch"] == 2:
+    if point == "after-rename" and record["epoch"] == epoch:
         os.kill(os.getpid(), signal.SIGKILL)
     return real_append(run_dir, record)
 
@@ -155,19 +155,21 @@ train(TrainSettings(epochs=3, batch_size=16, model=LNLConfig.tiny(image_size=32)
 """
 
 
-@pytest.mark.parametrize("point", ["before-rename", "after-rename"])
-def test_a_run_killed_between_its_writes_resumes_to_the_uninterrupted_history(uninterrupted, tmp_path, point):
-    """Fault: SIGKILL in epoch 2 with last.pt's temporary written but not renamed, or with
-    last.pt renamed but the metrics not yet appended. Before: --resume wrote epochs [1, 2, 2, 3]
-    (or [1, 1, 2, 3] with no last.pt), and the temporary file stayed."""
+@pytest.mark.parametrize("point,epoch", [("before-rename", 2), ("after-rename", 2), ("before-rename", 1)])
+def test_a_run_killed_between_its_writes_resumes_to_the_uninterrupted_history(uninterrupted, tmp_path, point, epoch):
+    """Fault: SIGKILL with last.pt's temporary written but not renamed (in epoch 2, or in epoch 1
+    when no last.pt exists yet), or with last.pt renamed but the metrics not yet appended.
+    Before: --resume wrote epochs [1, 2, 2, 3] (or silently started over: [1, 1, 2, 3]), and
+    the temporary file stayed."""
     out = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(out), str(tmp_path / "cache"), point],
+    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(out), str(tmp_path / "cache"), point, str(epoch)],
                             capture_output=True, text=True, timeout=600, check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     if point == "before-rename":
         assert list(out.glob(".last.pt.*.tmp"))  # the killed writer's leftover
     train(small_settings(out, resume=True))
     assert read_metrics(out) == read_metrics(uninterrupted)
+    assert checkpoint.load(out / "last.pt")["epoch"] == 3
     assert [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()] == ["epoch", "1", "2", "3"]
     assert not list(out.glob(".*.tmp"))
 
