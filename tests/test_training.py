@@ -225,6 +225,7 @@ def as_format_1(path, l2_lambda):
     payload = torch.load(path, weights_only=True)
     settings = dict(payload["settings"])
     model = settings.pop("model")
+    settings.pop("strict")  # added after format 1
     settings.update({name: model[name] for name in ("variant", "alpha", "num_patches", "overlap", "image_size", "backend")})
     settings["l2_lambda"] = l2_lambda
     assert set(settings) == FORMAT_1_SETTINGS
