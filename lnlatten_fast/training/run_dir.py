@@ -77,7 +77,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
 # ---- metrics files --------------------------------------------------------------------------------
 def _csv_columns(record: dict) -> list[str]:
-    return [k for k, v in record.items() if not isinstance(v, list)]
+    return [k for k, v in record.items() if not isinstance(v, (list, dict))]
 
 
 def append_epoch(run_dir: Path, record: dict) -> None:

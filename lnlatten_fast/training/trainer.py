@@ -32,6 +32,7 @@ from .evaluation import evaluate
 from .loading import load_data
 from .precision import autocast, resolve_precision
 from .settings import TrainSettings
+from .telemetry import GpuMonitor
 
 __all__ = ["LAST_EPOCHS_AVERAGED", "TrainSettings", "fit", "train", "summarize"]
 
@@ -133,76 +134,80 @@ def fit(
         step_model = torch.compile(step_model, fullgraph=not ctx.distributed)
 
     best = max((h["test_accuracy"] for h in history), default=-1.0)
-    for epoch in range(len(history), settings.epochs):
-        sampler.set_epoch(epoch)
-        loader = BatchLoader(
-            train_set.images, train_set.labels, list(sampler), settings.batch_size, ctx.device,
-            shuffle=False, augment=True, crop_padding=crop, epoch_seed=settings.seed * 100_003 + epoch,
-            drop_last=len(sampler) > settings.batch_size,
-        )
-        model.train()
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # (Σ loss·n, n)
-        start = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not ctx.is_main,
-                   leave=False, dynamic_ncols=True)
-        window: list[torch.Tensor] = []  # losses not yet checked for NaN/inf
-        lr = optimizer.param_groups[0]["lr"]
-        step = 0
-        for step, (x, y) in enumerate(bar, start=1):
-            with autocast(precision, ctx.device):
-                logits = step_model(x).logits
-            loss = lnl_loss(logits.float(), y, model, l2_lambda=loss_l2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum[0] += loss.detach().double() * len(y)
-            loss_sum[1] += len(y)
-            window.append(loss.detach().float())
-            if step % DIVERGENCE_CHECK_EVERY == 0:  # .item() waits for the device: not every step
-                _check_losses(window, step - len(window) + 1, epoch + 1, lr, run_dir, len(history))
-                seen = loss_sum[1].item() * ctx.world_size
-                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-        _check_losses(window, step - len(window) + 1 if window else 0, epoch + 1, lr, run_dir, len(history))
-        if not _all_finite(model):  # a finite loss, then a step that broke the weights
-            raise _diverged(run_dir, epoch + 1, step, float("nan"), lr, len(history))
-        train_seconds = time.perf_counter() - start
-        loss_sum = distributed.all_reduce_sum(loss_sum, ctx)
-        scheduler.step()
+    with GpuMonitor(ctx.device) as monitor:  # NVML samples in a thread, on CUDA only
+        for epoch in range(len(history), settings.epochs):
+            sampler.set_epoch(epoch)
+            loader = BatchLoader(
+                train_set.images, train_set.labels, list(sampler), settings.batch_size, ctx.device,
+                shuffle=False, augment=True, crop_padding=crop, epoch_seed=settings.seed * 100_003 + epoch,
+                drop_last=len(sampler) > settings.batch_size,
+            )
+            model.train()
+            loss_sum = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # (Σ loss·n, n)
+            start = time.perf_counter()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not ctx.is_main,
+                       leave=False, dynamic_ncols=True)
+            window: list[torch.Tensor] = []  # losses not yet checked for NaN/inf
+            lr = optimizer.param_groups[0]["lr"]
+            step = 0
+            for step, (x, y) in enumerate(bar, start=1):
+                with autocast(precision, ctx.device):
+                    logits = step_model(x).logits
+                loss = lnl_loss(logits.float(), y, model, l2_lambda=loss_l2)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum[0] += loss.detach().double() * len(y)
+                loss_sum[1] += len(y)
+                window.append(loss.detach().float())
+                if step % DIVERGENCE_CHECK_EVERY == 0:  # .item() waits for the device: not every step
+                    _check_losses(window, step - len(window) + 1, epoch + 1, lr, run_dir, len(history))
+                    seen = loss_sum[1].item() * ctx.world_size
+                    bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            _check_losses(window, step - len(window) + 1 if window else 0, epoch + 1, lr, run_dir, len(history))
+            if not _all_finite(model):  # a finite loss, then a step that broke the weights
+                raise _diverged(run_dir, epoch + 1, step, float("nan"), lr, len(history))
+            train_seconds = time.perf_counter() - start
+            loss_sum = distributed.all_reduce_sum(loss_sum, ctx)
+            scheduler.step()
 
-        test = evaluate(model, test_set, settings.batch_size, ctx, precision)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum[0].item() / max(loss_sum[1].item(), 1),
-            "test_accuracy": test["accuracy"],
-            "test_mean_class_accuracy": test["mean_class_accuracy"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_seconds": train_seconds,
-            "images_per_second": loss_sum[1].item() / train_seconds,
-            "confusion": test["confusion"],
-        }
-        if val_set is not None:
-            record["val_accuracy"] = evaluate(model, val_set, settings.batch_size, ctx, precision)["accuracy"]
-        history.append(record)
-        if ctx.is_main:
-            payload = dict(
-                model=model.state_dict(), config=cfg.to_dict(), settings=settings.to_dict(),
-                epoch=epoch + 1, test_accuracy=test["accuracy"], class_names=list(labels.CLASS_NAMES),
-                fold=fold,
-            )
-            selection = record.get("val_accuracy", test["accuracy"])
-            if selection > best:
-                best = selection
-                checkpoint.save_atomic(payload, best_path)
-            checkpoint.save_atomic(
-                dict(payload, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     history=history, rng=torch.get_rng_state()),
-                last_path,
-            )
-            runs.append_epoch(run_dir, record)  # after the checkpoint: never an epoch it lacks
-            tqdm.write(
-                f"epoch {epoch + 1:3d}  loss {record['train_loss']:.4f}  test acc {test['accuracy']:.4f}  "
-                f"mean class acc {test['mean_class_accuracy']:.4f}  {record['images_per_second']:.0f} img/s"
-            )
+            test = evaluate(model, test_set, settings.batch_size, ctx, precision)
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum[0].item() / max(loss_sum[1].item(), 1),
+                "test_accuracy": test["accuracy"],
+                "test_mean_class_accuracy": test["mean_class_accuracy"],
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_seconds": train_seconds,
+                "images_per_second": loss_sum[1].item() / train_seconds,
+                "confusion": test["confusion"],
+            }
+            if val_set is not None:
+                record["val_accuracy"] = evaluate(model, val_set, settings.batch_size, ctx, precision)["accuracy"]
+            if monitor.active:  # utilisation, memory (NVML's and torch's peak), power, temperature
+                record["gpu"] = monitor.summary(reset=True)
+            history.append(record)
+            if ctx.is_main:
+                payload = dict(
+                    model=model.state_dict(), config=cfg.to_dict(), settings=settings.to_dict(),
+                    epoch=epoch + 1, test_accuracy=test["accuracy"], class_names=list(labels.CLASS_NAMES),
+                    fold=fold,
+                )
+                selection = record.get("val_accuracy", test["accuracy"])
+                if selection > best:
+                    best = selection
+                    checkpoint.save_atomic(payload, best_path)
+                checkpoint.save_atomic(
+                    dict(payload, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         history=history, rng=torch.get_rng_state()),
+                    last_path,
+                )
+                runs.append_epoch(run_dir, record)  # after the checkpoint: never an epoch it lacks
+                tqdm.write(
+                    f"epoch {epoch + 1:3d}  loss {record['train_loss']:.4f}  test acc {test['accuracy']:.4f}  "
+                    f"mean class acc {test['mean_class_accuracy']:.4f}  {record['images_per_second']:.0f} img/s"
+                    + (f"  peak {record['gpu']['torch_max_memory_allocated_bytes'] / 2**30:.1f} GiB" if "gpu" in record else "")
+                )
     return summarize(history, settings, backend_used, precision)
 
 
