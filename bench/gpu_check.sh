@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (any CUDA machine; its timeouts add up to 600 s, one device call): build,
+# One-shot GPU check (any CUDA machine; its timeouts add up to 480 s, one device call): build,
 # run the CUDA tests, a compiled bf16 training smoke run, the benchmarks, the SimpleNet conv
 # step measured next to bench/compile_report.py's estimate, and ncu's sectors/request for the
 # conv kernels, and write the results as markdown + JSON.
@@ -20,33 +20,35 @@ start=$(date +%s)
 } > "$out/gpu_check.md"
 
 echo "== build" | tee -a "$out/log.txt"
-LNLATTEN_CUDA=1 timeout 150 python -m pip install --no-build-isolation --no-deps -q . >>"$out/log.txt" 2>&1 \
+LNLATTEN_CUDA=1 timeout 100 python -m pip install --no-build-isolation --no-deps -q . >>"$out/log.txt" 2>&1 \
   || echo "build failed (see log.txt)" | tee -a "$out/gpu_check.md"
 python -m lnlatten_fast.info >>"$out/gpu_check.md" 2>&1
 
 echo "== tests" | tee -a "$out/log.txt"
-timeout 110 python -m pytest tests/ops/test_triton_attention.py tests/ops/test_triton_conv3x3.py tests/ops/test_native.py \
+timeout 80 python -m pytest tests/ops/test_triton_attention.py tests/ops/test_triton_conv3x3.py tests/ops/test_native.py \
   tests/test_model.py tests/test_precision.py tests/ops/test_dispatch.py tests/ops/test_attention_range.py \
   -q -p no:cacheprovider -x --junitxml="$out/tests.xml" >>"$out/log.txt" 2>&1
 echo "- tests exit code: $?" >> "$out/gpu_check.md"
 
 echo "== bf16 training smoke run (auto backend, compiled)" | tee -a "$out/log.txt"
-timeout 80 python -m lnlatten_fast.train --device cuda --precision bf16 --compile --epochs 2 \
+timeout 50 python -m lnlatten_fast.train --device cuda --precision bf16 --compile --epochs 2 \
   --synthetic-train 512 --synthetic-test 128 --out "$out/run" --cache-dir "$out/cache" >>"$out/log.txt" 2>&1
 echo "- training exit code: $?" >> "$out/gpu_check.md"
 grep -h "test accuracy, mean\|throughput\|precision" "$out/run/summary.md" >> "$out/gpu_check.md" 2>/dev/null
 
-echo "== benchmarks" | tee -a "$out/log.txt"
-timeout 80 python -m pytest bench/bench_triton_attention.py bench/bench_triton_conv.py -q -p no:cacheprovider \
-  -o python_files="bench_*.py" --benchmark-group-by=group --benchmark-columns=mean,stddev,rounds \
-  --benchmark-json="$out/benchmarks.json" >>"$out/bench.txt" 2>&1
+echo "== benchmarks: ops, and the paper training step (bf16, B = 64) per backend, side by side" | tee -a "$out/log.txt"
+timeout 140 python -m pytest bench/bench_triton_attention.py bench/bench_triton_conv.py bench/bench_model.py \
+  --benchmark-only -q -p no:cacheprovider -k "not bench_model or simplenet or (paper and not fp32)" \
+  --benchmark-group-by=group --benchmark-columns=median,rounds --benchmark-json="$out/benchmarks.json" \
+  >>"$out/bench.txt" 2>&1
 echo "- benchmarks exit code: $?" >> "$out/gpu_check.md"
-{ echo; echo '```'; grep -v "^$" "$out/bench.txt" | tail -60; echo '```'; } >> "$out/gpu_check.md"
+python bench/report.py "$out/benchmarks.json" --out "$out/benchmarks.md" >/dev/null 2>>"$out/log.txt"
+
 echo "== SimpleNet convs: measured step vs the compile report's estimate" | tee -a "$out/log.txt"
 for backend in triton native; do
-  timeout 40 python bench/conv_step.py --backend $backend --repeat 4 >>"$out/gpu_check.md" 2>>"$out/log.txt"
+  timeout 25 python bench/conv_step.py --backend $backend --repeat 4 >>"$out/gpu_check.md" 2>>"$out/log.txt"
 done
-timeout 40 python bench/compile_report.py --arch sm_90a --preset paper --batch 64 --dtypes bf16 --out "$out/compile" \
+timeout 30 python bench/compile_report.py --arch sm_90a --preset paper --batch 64 --dtypes bf16 --out "$out/compile" \
   >>"$out/log.txt" 2>&1
 grep -A3 "^| dtype | forward GFLOP" "$out/compile/kernels.md" >> "$out/gpu_check.md"
 
@@ -55,7 +57,7 @@ grep -A3 "^| dtype | forward GFLOP" "$out/compile/kernels.md" >> "$out/gpu_check
 # ldgsts = cp.async. Skipped without ncu.
 if command -v ncu >/dev/null; then
   echo "== ncu sectors/request" | tee -a "$out/log.txt"
-  timeout 60 ncu --kernel-name regex:_conv3x3 --launch-skip 18 --launch-count 18 --csv \
+  timeout 30 ncu --kernel-name regex:_conv3x3 --launch-skip 18 --launch-count 18 --csv \
     --metrics l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ldgsts.sum,l1tex__t_requests_pipe_lsu_mem_global_op_ldgsts.sum \
     python bench/conv_step.py --batch 16 --repeat 2 > "$out/ncu_sectors.csv" 2>>"$out/log.txt"
   echo "- ncu exit code: $? (per-kernel sectors and requests: ncu_sectors.csv)" >> "$out/gpu_check.md"
@@ -64,3 +66,5 @@ else
 fi
 echo "- total: $(( $(date +%s) - start )) s" >> "$out/gpu_check.md"
 cat "$out/gpu_check.md"
+echo
+cat "$out/benchmarks.md" 2>/dev/null  # the measured table, last
