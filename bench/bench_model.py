@@ -20,6 +20,7 @@ import torch
 import lnlatten_fast as lf
 from lnlatten_fast.accounting import forward_flops, training_step_flops
 from lnlatten_fast.ops.dispatch import resolve_name
+from lnlatten_fast.training.telemetry import GpuMonitor
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -68,8 +69,17 @@ def matmul_peak():
     return 2 * n**3 / best / 1e9
 
 
-def _account(benchmark, flops_per_call: float, images_per_call: int, peak: float):
+@pytest.fixture(scope="session", autouse=True)
+def gpu_monitor():
+    """NVML sampled in a thread for the whole session (CUDA only; a no-op elsewhere)."""
+    with GpuMonitor(DEVICE) as monitor:
+        yield monitor
+
+
+def _account(benchmark, flops_per_call: float, images_per_call: int, peak: float, monitor=None):
     seconds = benchmark.stats.stats.median
+    if monitor is not None and monitor.active:  # utilisation, memory, power over this benchmark
+        benchmark.extra_info["gpu"] = monitor.summary(reset=True)
     benchmark.extra_info.update(
         device=str(DEVICE), gflop=flops_per_call / 1e9, gflop_per_s=flops_per_call / seconds / 1e9,
         images_per_s=images_per_call / seconds, of_peak=flops_per_call / seconds / 1e9 / peak,
@@ -95,7 +105,7 @@ def _batch(cfg, batch: int):
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("preset,batch", STEP_CASES, ids=[p for p, _ in STEP_CASES])
-def test_training_step(benchmark, matmul_peak, preset, batch, backend, compiled, dtype):
+def test_training_step(benchmark, matmul_peak, gpu_monitor, preset, batch, backend, compiled, dtype):
     """forward, eq. 3 loss, backward, AdamW step: images/s."""
     if compiled and backend not in (("auto", "reference") if CUDA else ("auto",)):
         pytest.skip("torch.compile is benchmarked for auto (and, on CUDA, reference: the GPU target's baseline)")
@@ -119,12 +129,12 @@ def test_training_step(benchmark, matmul_peak, preset, batch, backend, compiled,
     benchmark.group = f"training step, {preset}, B={batch}, {dtype}"
     benchmark.extra_info.update(backend=backend + (" compiled" if compiled else ""), preset=preset, batch=batch, dtype=dtype)
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=2 if compiled else 1)
-    _account(benchmark, batch * training_step_flops(cfg), batch, matmul_peak)
+    _account(benchmark, batch * training_step_flops(cfg), batch, matmul_peak, gpu_monitor)
 
 
 # ---- the SimpleNet ensemble alone ----------------------------------------------------------------------
 @pytest.mark.parametrize("backend", backend_params())
-def test_simplenet_fwd_bwd(benchmark, matmul_peak, backend):
+def test_simplenet_fwd_bwd(benchmark, matmul_peak, gpu_monitor, backend):
     batch = 64 if CUDA else 2
     cfg, model = _model("paper", backend)
     f9 = torch.randn(batch, cfg.unet_widths[0], cfg.image_size, cfg.image_size, device=DEVICE,
@@ -142,7 +152,7 @@ def test_simplenet_fwd_bwd(benchmark, matmul_peak, backend):
     benchmark.extra_info.update(backend=backend, preset="paper", batch=batch)
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
     simplenet = forward_flops(cfg)["simplenet"]
-    _account(benchmark, batch * 3 * simplenet, batch, matmul_peak)
+    _account(benchmark, batch * 3 * simplenet, batch, matmul_peak, gpu_monitor)
 
 
 # ---- inference latency ---------------------------------------------------------------------------------
@@ -151,7 +161,7 @@ INFERENCE_CASES = [("paper", 1), ("paper", 64)] if CUDA else [("paper", 1), ("ti
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("preset,batch", INFERENCE_CASES, ids=[f"{p}-B{b}" for p, b in INFERENCE_CASES])
-def test_inference(benchmark, matmul_peak, preset, batch, backend):
+def test_inference(benchmark, matmul_peak, gpu_monitor, preset, batch, backend):
     cfg, model = _model(preset, backend)
     model.eval()
     x, _ = _batch(cfg, batch)
@@ -165,4 +175,4 @@ def test_inference(benchmark, matmul_peak, preset, batch, backend):
     benchmark.group = f"inference, {preset}, B={batch}"
     benchmark.extra_info.update(backend=backend, preset=preset, batch=batch)
     benchmark.pedantic(infer, rounds=max(ROUNDS, 5), warmup_rounds=1)
-    _account(benchmark, batch * forward_flops(cfg)["total"], batch, matmul_peak)
+    _account(benchmark, batch * forward_flops(cfg)["total"], batch, matmul_peak, gpu_monitor)
