@@ -51,9 +51,10 @@ def render(data: dict) -> str:
             info = bench.get("extra_info", {})
             median = bench["stats"]["median"]
             ratio = f"{reference['stats']['median'] / median:.2f}x" if reference else "-"
-            lines.append(
-                f"| {_label(bench)} | {median * 1e3:.1f} | {info.get('images_per_s', float('nan')):.1f} "
-                f"| {info.get('gflop_per_s', float('nan')):.0f} | {100 * info.get('of_peak', float('nan')):.0f}% | {ratio} |")
+            images = f"{info['images_per_s']:.1f}" if "images_per_s" in info else "-"
+            gflops = f"{info['gflop_per_s']:.0f}" if "gflop_per_s" in info else "-"
+            of_peak = f"{100 * info['of_peak']:.0f}%" if "of_peak" in info else "-"
+            lines.append(f"| {_label(bench)} | {median * 1e3:.1f} | {images} | {gflops} | {of_peak} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
