@@ -9,6 +9,9 @@ Floors (float32, B = 64; memory bound, so bytes are what matter):
 - l1_nonlocal_attention: q, k, v are 64·16·512·4 B = 2 MB each. Forward is two 16x16x512
   products per image (2·2·16·16·512 = 0.52 MFLOP), 34 MFLOP per batch; backward four
   more, 67 MFLOP. Tiny and latency bound: launch and op overhead dominate.
+- SimpleNet convs (per image, forward; backward is twice that): layer 1 (patch conv, 16
+  windows of 48², 64 -> 64) and layer 2 (the same sizes, + pool) 2·16·48²·64·64·9 = 2.7 GFLOP;
+  layer 3 (24², 64 -> 128) 1.4 GFLOP. Compute bound: the floor is the CPU's GEMM rate.
 """
 
 import pytest
@@ -69,3 +72,58 @@ def test_l1_attention_fwd_bwd(benchmark, qkv, backend):
         torch.autograd.backward((s, w), (grad_s, grad_w))
 
     benchmark.pedantic(step, rounds=50, warmup_rounds=5)
+
+
+@pytest.mark.parametrize("backend", cpu_backends("extract_patches"))
+def test_extract_patches_fwd(benchmark, f9, backend):
+    benchmark.group = "extract_patches fwd"
+    benchmark.pedantic(lambda: lf.ops.extract_patches(f9, GEOM, backend=backend), rounds=5, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("backend", cpu_backends("l1_nonlocal_attention"))
+def test_l1_attention_fwd(benchmark, qkv, backend):
+    benchmark.group = "l1_nonlocal_attention fwd"
+    benchmark.pedantic(lambda: lf.ops.l1_nonlocal_attention(*qkv, backend=backend), rounds=50, warmup_rounds=5)
+
+
+# ---- the SimpleNet convolutions at the paper's shapes; CONV_BATCH images keep a CPU run short ----
+CONV_BATCH = 2
+# (label, c_in, c_out, side, pool): layer 1 (patch conv), layer 3, and layer 2 (pooled).
+CONV_CASES = [("patch conv, layer 1", 64, 64, 48, False), ("grouped conv, layer 3", 64, 128, 24, False),
+              ("grouped conv + pool, layer 2", 64, 64, 48, True)]
+
+
+def _conv_call(label, c_in, c_out, side, pool, backend, requires_grad):
+    torch.manual_seed(0)
+    m = GEOM.num_patches
+    weight = (torch.randn(m, c_out, c_in, 3, 3) / (3 * c_in**0.5)).requires_grad_(requires_grad)
+    bias = torch.zeros(m, c_out, requires_grad=requires_grad)
+    if label.startswith("patch"):
+        x = torch.randn(CONV_BATCH, c_in, 144, 144).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(requires_grad)
+        return (x, weight, bias), lambda x, w, b: lf.ops.patch_conv3x3(x, w, b, GEOM, backend=backend)
+    x = torch.randn(CONV_BATCH, m, c_in, side, side, requires_grad=requires_grad)
+    return (x, weight, bias), lambda x, w, b: lf.ops.grouped_conv3x3(x, w, b, pool=pool, backend=backend)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+@pytest.mark.parametrize("backend", cpu_backends("grouped_conv3x3"))
+def test_conv_fwd(benchmark, case, backend):
+    benchmark.group = f"{case[0]} fwd, B={CONV_BATCH}"
+    inputs, call = _conv_call(*case, backend, requires_grad=False)
+    benchmark.pedantic(lambda: call(*inputs), rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+@pytest.mark.parametrize("backend", cpu_backends("grouped_conv3x3"))
+def test_conv_fwd_bwd(benchmark, case, backend):
+    benchmark.group = f"{case[0]} fwd + bwd, B={CONV_BATCH}"
+    inputs, call = _conv_call(*case, backend, requires_grad=True)
+
+    def step():
+        for t in inputs:
+            t.grad = None
+        out = call(*inputs)
+        out.backward(torch.ones_like(out))
+
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1)
