@@ -1,6 +1,8 @@
-"""`python -m lnlatten_fast.predict IMAGE... --checkpoint RUN/best.pt`: top-3 expressions.
+"""`python -m lnlatten_fast.predict IMAGE... --checkpoint RUN/best.pt`: top-3 expressions, and
+each region's non-local weight w_g and local weight w_l (row-major, rows separated by |).
 
---heatmap OUT.png overlays the non-local weights w_g (one cell per local region) on each face.
+--heatmap OUT.png overlays the non-local weights w_g (one cell per local region) on each face,
+on a fixed colour scale (0 to 2/M, with a colour bar) so maps of different faces compare.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def main(argv=None) -> int:
         return cli.fail(error)
     for i, (path, ranked) in enumerate(zip(args.images, found.ranked)):
         print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
+        grid = found.geometry.grid
+        for label, weights in (("w_g", found.nonlocal_weights[i]), ("w_l", found.local_weights[i])):
+            rows = weights.reshape(grid, grid).tolist()
+            print(f"  {label} ({grid}x{grid}): " + " | ".join(" ".join(f"{w:.3f}" for w in row) for row in rows))
         if args.heatmap:
             out = heatmap_path(args.heatmap, i, len(args.images))
             name, p = ranked[0]

@@ -21,6 +21,12 @@ def region_weight_map(weights: torch.Tensor, geom: PatchGeometry) -> np.ndarray:
     return total / count
 
 
+def nonlocal_weight_scale(num_patches: int) -> tuple[float, float]:
+    """The fixed colour scale of w_g maps: 0 to 2/M, so the uniform weight 1/M sits mid-scale
+    and the maps of different faces (and runs) compare by colour."""
+    return 0.0, 2.0 / num_patches
+
+
 def save_region_heatmap(image_u8: np.ndarray, weights, geom: PatchGeometry, path, title: str = "") -> None:
     import matplotlib
 
@@ -28,12 +34,14 @@ def save_region_heatmap(image_u8: np.ndarray, weights, geom: PatchGeometry, path
     import matplotlib.pyplot as plt
 
     weights = torch.as_tensor(weights).float()
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
+    vmin, vmax = nonlocal_weight_scale(geom.num_patches)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
     axes[0].imshow(image_u8)
-    axes[0].imshow(region_weight_map(weights, geom), cmap="jet", alpha=0.45)
+    axes[0].imshow(region_weight_map(weights, geom), cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax)
     axes[0].set_title(title or "non-local weights w_g")
     grid = weights.reshape(geom.grid, geom.grid).numpy()
-    axes[1].imshow(grid, cmap="jet")
+    shown = axes[1].imshow(grid, cmap="jet", vmin=vmin, vmax=vmax)
+    fig.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label=f"w_g (uniform = 1/{geom.num_patches})")
     for i in range(geom.grid):
         for j in range(geom.grid):
             axes[1].text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8, color="white")
@@ -41,7 +49,6 @@ def save_region_heatmap(image_u8: np.ndarray, weights, geom: PatchGeometry, path
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

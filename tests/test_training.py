@@ -111,10 +111,23 @@ def test_predict_prints_top3_and_draws_the_heatmap(finished_run, tmp_path, capsy
     heatmap = tmp_path / "heat.png"
     code = predict_cli.main([str(face), "--checkpoint", str(out / "best.pt"), "--heatmap", str(heatmap)])
     assert code == 0
-    line = capsys.readouterr().out.splitlines()[0]
-    probs = [float(part.split()[-1]) for part in line.split(": ", 1)[1].split(", ")]
+    lines = capsys.readouterr().out.splitlines()
+    probs = [float(part.split()[-1]) for part in lines[0].split(": ", 1)[1].split(", ")]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    # w_g and w_l of the 4x4 regions: w_g sums to 1, w_l in (0, 1)
+    w_g = [float(v) for v in lines[1].split(": ", 1)[1].replace("|", " ").split()]
+    w_l = [float(v) for v in lines[2].split(": ", 1)[1].replace("|", " ").split()]
+    assert lines[1].startswith("  w_g (4x4): ") and lines[2].startswith("  w_l (4x4): ")
+    assert len(w_g) == len(w_l) == 16 and abs(sum(w_g) - 1) < 0.01 and all(0 < w < 1 for w in w_l)
     assert heatmap.stat().st_size > 1000
+
+
+def test_heatmap_scale_is_fixed_around_the_uniform_weight():
+    from lnlatten_fast.viz import nonlocal_weight_scale
+
+    assert nonlocal_weight_scale(16) == (0.0, 0.125)
+    low, high = nonlocal_weight_scale(9)
+    assert low == 0 and abs((low + high) / 2 - 1 / 9) < 1e-12
 
 
 def _train_one_cli_epoch(out, *flags):

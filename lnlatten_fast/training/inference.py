@@ -71,6 +71,7 @@ class Predictions:
     images: np.ndarray  # uint8 (N, S, S, 3), as the model saw them
     ranked: list[list[tuple[str, float]]]  # the top classes of each image, most probable first
     nonlocal_weights: torch.Tensor  # w_g, (N, M)
+    local_weights: torch.Tensor  # w_l, (N, M)
     geometry: PatchGeometry  # where each of the M regions lies
 
 
@@ -80,7 +81,7 @@ def predict_files(paths, checkpoint_path, device: str = "auto", top: int = 3) ->
     model, payload = load_model(checkpoint_path, chosen)
     images = load_images(paths, model.config.image_size)
     names = payload["class_names"]
-    probs, nonlocal_weights, _ = predict(model, images, chosen)
+    probs, nonlocal_weights, local_weights = predict(model, images, chosen)
     if not bool(probs.isfinite().all()):
         raise ValueError(f"checkpoint {checkpoint_path} gives NaN/inf probabilities: its weights are broken "
                          "(a diverged run?)")
@@ -89,4 +90,4 @@ def predict_files(paths, checkpoint_path, device: str = "auto", top: int = 3) ->
         [(names[c], p) for p, c in zip(values, indices)]
         for values, indices in zip(best.values.tolist(), best.indices.tolist())
     ]
-    return Predictions(images, ranked, nonlocal_weights, model.geometry)
+    return Predictions(images, ranked, nonlocal_weights, local_weights, model.geometry)
