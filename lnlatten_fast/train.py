@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                      help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: autocast on any device "
                           "(CPU autocast runs the GPU's precision path); master weights stay fp32")
+    run.add_argument("--trace-every", type=int, default=d.trace_every,
+                     help="every this many steps record w_g and w_l of --trace-images probe test images into "
+                          "RUN/attention_trace.npz (0: no trace)")
+    run.add_argument("--trace-images", type=int, default=d.trace_images, help="probe images in the attention trace")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile(fullgraph=True) the training step (on CUDA, auto's conv "
                           "choices are measured eagerly first)")

@@ -238,7 +238,8 @@ def as_format_1(path, l2_lambda):
     payload = torch.load(path, weights_only=True)
     settings = dict(payload["settings"])
     model = settings.pop("model")
-    settings.pop("strict")  # added after format 1
+    for later in ("strict", "trace_every", "trace_images"):  # added after format 1
+        settings.pop(later)
     settings.update({name: model[name] for name in ("variant", "alpha", "num_patches", "overlap", "image_size", "backend")})
     settings["l2_lambda"] = l2_lambda
     assert set(settings) == FORMAT_1_SETTINGS
@@ -348,3 +349,22 @@ def test_eager_measurement_before_compile_leaves_model_and_rng_as_found():
     for name, p in model.named_parameters():
         assert p.grad is None, name
         assert torch.equal(p, weights[name]), name
+
+
+def test_attention_trace_records_probes_and_survives_resume(finished_run, tmp_path):
+    """RUN/attention_trace.npz: w_g and w_l of the same probe test images, at every K-th step
+    and each epoch's last; a resumed run keeps its saved epochs' records and continues."""
+    out, _ = finished_run
+    trace = np.load(out / "attention_trace.npz")
+    steps_per_epoch = 56 // 16  # drop_last
+    assert trace["step"].tolist() == [3, 6] and trace["epoch"].tolist() == [1, 2]  # K = 50 > 6 steps
+    assert trace["w_g"].shape == (2, 8, 16) and trace["w_l"].shape == (2, 8, 16)  # 8 probes (the default)
+    assert np.allclose(trace["w_g"].sum(-1), 1, atol=1e-5) and ((trace["w_l"] > 0) & (trace["w_l"] < 1)).all()
+    assert sorted(trace["probe_label"].tolist()) == [0, *range(7)]  # every class once, then again from the first
+
+    half = tmp_path / "half"
+    train(small_settings(half, epochs=1, trace_every=2, trace_images=3))
+    train(small_settings(half, epochs=2, trace_every=2, trace_images=3, resume=True))
+    resumed = np.load(half / "attention_trace.npz")
+    assert resumed["step"].tolist() == [2, 3, 4, 6] and resumed["epoch"].tolist() == [1, 1, 2, 2]
+    assert resumed["w_g"].shape == (4, 3, 16) and steps_per_epoch == 3

@@ -26,8 +26,9 @@ __all__ = [
 ]
 
 # What may differ when a run is resumed: how long, where and how fast it trains, never what.
-# (cache_dir and compile change neither the data nor the math; resume and out name the run.)
-RESUMABLE_CHANGES = ("epochs", "device", "workers", "out", "resume", "cache_dir", "compile")
+# (cache_dir, compile and the attention trace change neither the data nor the math; resume and
+# out name the run.)
+RESUMABLE_CHANGES = ("epochs", "device", "workers", "out", "resume", "cache_dir", "compile", "trace_every", "trace_images")
 
 
 # ---- lock ---------------------------------------------------------------------------------------

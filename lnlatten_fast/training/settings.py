@@ -52,6 +52,8 @@ class TrainSettings:
     synthetic_test: int | None = None
     crop_padding: int | None = None  # None: image_size // 16
     strict: bool = False  # an undecodable image fails the run (default: skipped and listed)
+    trace_every: int = 50  # record probes' w_g, w_l every this many steps (0: never); trace.py
+    trace_images: int = 8  # probe test images in the trace
 
     def validate(self) -> None:
         """Check every field, and fill in the preset's model, batch size and lr where None."""
@@ -79,6 +81,9 @@ class TrainSettings:
         for name in ("synthetic_train", "synthetic_test"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ParameterError(name, f"must be positive (an empty split trains or tests nothing), got {getattr(self, name)}")
+        for name in ("trace_every", "trace_images"):
+            if getattr(self, name) < 0:
+                raise ParameterError(name, f"must be >= 0 (0: no attention trace), got {getattr(self, name)}")
         if self.workers < 0:
             raise ParameterError("workers", f"must be >= 0, got {self.workers}")
         if self.folds is not None and self.folds != 0 and self.folds < 2:

@@ -33,6 +33,7 @@ from .loading import load_data
 from .precision import autocast, resolve_precision
 from .settings import TrainSettings
 from .telemetry import GpuMonitor
+from .trace import AttentionTrace
 
 __all__ = ["LAST_EPOCHS_AVERAGED", "TrainSettings", "fit", "train", "summarize"]
 
@@ -134,6 +135,8 @@ def fit(
         step_model = torch.compile(step_model, fullgraph=not ctx.distributed)
 
     best = max((h["test_accuracy"] for h in history), default=-1.0)
+    trace = AttentionTrace(run_dir, test_set, settings.trace_every if ctx.is_main else 0, settings.trace_images,
+                           ctx.device, len(history))
     with GpuMonitor(ctx.device) as monitor:  # NVML samples in a thread, on CUDA only
         for epoch in range(len(history), settings.epochs):
             sampler.set_epoch(epoch)
@@ -160,6 +163,7 @@ def fit(
                 loss_sum[0] += loss.detach().double() * len(y)
                 loss_sum[1] += len(y)
                 window.append(loss.detach().float())
+                trace.maybe_record(model, epoch + 1, step, len(loader), precision, ctx.device)
                 if step % DIVERGENCE_CHECK_EVERY == 0:  # .item() waits for the device: not every step
                     _check_losses(window, step - len(window) + 1, epoch + 1, lr, run_dir, len(history))
                     seen = loss_sum[1].item() * ctx.world_size
@@ -203,6 +207,7 @@ def fit(
                     last_path,
                 )
                 runs.append_epoch(run_dir, record)  # after the checkpoint: never an epoch it lacks
+                trace.save()
                 tqdm.write(
                     f"epoch {epoch + 1:3d}  loss {record['train_loss']:.4f}  test acc {test['accuracy']:.4f}  "
                     f"mean class acc {test['mean_class_accuracy']:.4f}  {record['images_per_second']:.0f} img/s"
