@@ -510,7 +510,7 @@ def _make_interceptor(tracker: _Tracker, layers: dict):
 
 
 @contextlib.contextmanager
-def _patched(target_sms: int):
+def _patched(target_sms: int, plan_listener):
     """The report's patches of library internals (see the module docstring), undone on exit."""
     from lnlatten_fast.ops import dispatch
     from lnlatten_fast.ops.triton import _common
@@ -523,11 +523,13 @@ def _patched(target_sms: int):
     dispatch._AVAILABILITY[key] = (True, "compile report: meta tensors, stand-in driver")
     # The launch sizing the target GPU gets (off CUDA the library counts one SM).
     _common.multiprocessor_count = lambda device: target_sms
+    _common.launch_listener = plan_listener  # each wrapper's LaunchPlan, for the estimate
     try:
         yield [
             "lnlatten_fast.ops.dispatch._AVAILABILITY[('triton', 'meta')] = usable (backend resolution knows cpu/cuda only)",
             f"lnlatten_fast.ops.triton._common.multiprocessor_count -> {target_sms} "
             "(the target's SMs, which size the grad-weight batch split; off CUDA the library counts 1)",
+            "lnlatten_fast.ops.triton._common.launch_listener -> the report (each launch's plan, for the estimate)",
             "aten.convolution on meta -> channels-last output when input or weight is channels-last "
             "(cuDNN's choice; torch's meta kernel always returns contiguous)",
         ]
@@ -554,12 +556,6 @@ def _fp32_mode(dtype_name: str):
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = saved
-
-
-def _common_module():
-    from lnlatten_fast.ops.triton import _common
-
-    return _common
 
 
 def run_step(cfg, batch: int, dtype_name: str, tracker: _Tracker, layers: dict) -> None:
@@ -1023,12 +1019,11 @@ def run_report(args) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compile_errors.log").unlink(missing_ok=True)
-    with _patched(spec.sms) as patches, knobs.runtime.scope(), knobs.compilation.scope(), knobs.nvidia.scope():
+    with _patched(spec.sms, tracker.record_plan) as patches, knobs.runtime.scope(), knobs.compilation.scope(), knobs.nvidia.scope():
         # Before anything can launch: every JIT function builds its binder from the active driver.
         triton.runtime.driver.set_active(_make_driver(spec))
         knobs.runtime.jit_cache_hook = tracker.before_compile
         knobs.compilation.listener = tracker.after_compile
-        _common_module().launch_listener = tracker.record_plan  # undone by _patched
         knobs.nvidia.dump_ptxas_log = True  # the ptxas -v log of each fresh build (not a cache-key input)
         # The stand-in stays active to the end: compiled kernels call its unload_module when
         # they are freed, and reset_active() would look for a real CUDA driver.

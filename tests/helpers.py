@@ -1,6 +1,8 @@
-"""Shared test helpers: error measure, tolerances per dtype, random geometries."""
+"""Shared test helpers: error measure, tolerances per dtype, random geometries, small training runs."""
 
 from __future__ import annotations
+
+import json
 
 import torch
 from hypothesis import strategies as st
@@ -59,3 +61,26 @@ def micro_config(backend: str, **changes) -> lf.LNLConfig:
     )
     base.update(changes)
     return lf.LNLConfig.tiny(**base)
+
+
+# ---- small training runs -------------------------------------------------------------------
+#: Per-epoch fields that measure the machine, not the run: left out when histories are compared.
+WALL_CLOCK = {"train_seconds", "images_per_second"}
+
+
+def small_settings(out, **changes):
+    """A 2-epoch tiny run on 56 + 21 synthetic faces at 32 px (3 steps an epoch), in `out`."""
+    from lnlatten_fast.training.settings import TrainSettings
+
+    base = dict(
+        epochs=2, batch_size=16, model=lf.LNLConfig.tiny(image_size=32), synthetic_train=56, synthetic_test=21,
+        out=str(out), cache_dir=str(out.parent / "cache"), seed=3,
+    )
+    base.update(changes)
+    return TrainSettings(**base)
+
+
+def read_metrics(run_dir):
+    """metrics.jsonl's records without the wall-clock fields."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in lines]

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import read_metrics
+from helpers import small_settings as shared_small_settings
+
 import lnlatten_fast.training.trainer as trainer_module
 from lnlatten_fast.config import LNLConfig
 from lnlatten_fast.data.cache import ImageSet
@@ -22,17 +25,12 @@ from lnlatten_fast.errors import TrainingDivergedError
 from lnlatten_fast.model import LNLAttenNet
 from lnlatten_fast.training import checkpoint, distributed, metrics
 from lnlatten_fast.training.evaluation import evaluate
-from lnlatten_fast.training.settings import TrainSettings
 from lnlatten_fast.training.trainer import train
 
 
 def small_settings(out, **changes):
-    base = dict(
-        epochs=3, batch_size=16, model=LNLConfig.tiny(image_size=32), synthetic_train=56, synthetic_test=21,
-        out=str(out), cache_dir=str(out.parent / "cache"), seed=3,
-    )
-    base.update(changes)
-    return TrainSettings(**base)
+    """helpers.small_settings with 3 epochs: divergence and kills happen in epoch 2."""
+    return shared_small_settings(out, **{"epochs": 3, **changes})
 
 
 def all_finite(state: dict) -> bool:
@@ -109,14 +107,6 @@ def test_accuracies_with_unscored_images():
 
 # ---- interrupted runs and resume ------------------------------------------------------------------
 from lnlatten_fast.training import run_dir as runs  # noqa: E402
-
-WALL_CLOCK = {"train_seconds", "images_per_second"}
-
-
-def read_metrics(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in lines]
-
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
@@ -441,7 +431,7 @@ def test_a_torn_cache_file_is_rebuilt_and_named(tmp_path, capsys):
 
 
 # ---- readers ------------------------------------------------------------------------------------
-from lnlatten_fast.data.datasets import read_affectnet, read_dataset, read_ferplus, read_manifest, read_rafdb  # noqa: E402
+from lnlatten_fast.data.datasets import read_affectnet, read_dataset, read_ferplus, read_manifest  # noqa: E402
 
 
 def _manifest(tmp_path, rows):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import read_metrics, small_settings
+
 from lnlatten_fast import evaluate as evaluate_cli
 from lnlatten_fast import predict as predict_cli
 from lnlatten_fast import train as train_cli
@@ -26,23 +28,6 @@ SUMMARY_KEYS = {
     "test_accuracy_last10_mean", "test_accuracy_best", "mean_class_accuracy", "epochs",
     "images_per_second", "dataset", "preset", "variant", "backend",
 }
-WALL_CLOCK = {"train_seconds", "images_per_second"}
-
-
-def small_settings(out, **changes):
-    base = dict(
-        epochs=2, batch_size=16, model=LNLConfig.tiny(image_size=32), synthetic_train=56, synthetic_test=21,
-        out=str(out), cache_dir=str(out.parent / "cache"), seed=3,
-    )
-    base.update(changes)
-    return TrainSettings(**base)
-
-
-def read_metrics(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in lines]
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"

@@ -28,9 +28,10 @@ def save_atomic(payload: dict, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves a torn file.
     Refuses a model with a NaN or infinite weight (a diverged run must not overwrite a good one)."""
     path = Path(path)
-    model = payload.get("model") or {}
-    bad = [name for name, t in model.items() if torch.is_floating_point(t) and not bool(t.isfinite().all())]
-    if bad:
+    floats = {name: t for name, t in (payload.get("model") or {}).items() if torch.is_floating_point(t)}
+    # One check (one device sync); the names are looked up only when it fails.
+    if floats and not bool(torch.stack([t.isfinite().all() for t in floats.values()]).all()):
+        bad = [name for name, t in floats.items() if not bool(t.isfinite().all())]
         raise ValueError(f"refusing to save {path}: non-finite values in {', '.join(bad[:3])}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -48,12 +49,14 @@ def save_atomic(payload: dict, path: Path) -> None:
         raise OSError(f"could not write checkpoint {path}: {reason} ({free // 2**20} MiB free)") from error
 
 
-def load(path) -> dict:
+def load(path, mmap: bool = False) -> dict:
+    """The checkpoint as a dict in the current format. `mmap`: map the tensors from the file
+    instead of reading them (cheap when only the settings or history are wanted)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # a torn or foreign file: say which one
         raise ValueError(f"checkpoint {path} could not be read: {error}") from error
     if isinstance(payload, dict) and payload.get("format") == _FORMAT_1:

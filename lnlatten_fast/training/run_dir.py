@@ -123,7 +123,8 @@ def stored_settings(run_dir: Path) -> TrainSettings:
     run_dir = Path(run_dir)
     last = _last_checkpoints(run_dir)
     if last:
-        return TrainSettings.from_dict(checkpoint.load(last[0])["settings"])
+        # Mapped, not read: a last.pt holds the optimizer state too, and only its settings are wanted.
+        return TrainSettings.from_dict(checkpoint.load(last[0], mmap=True)["settings"])
     config = run_dir / "config.json"
     if config.is_file():
         return TrainSettings.from_dict(json.loads(config.read_text())["settings"])
