@@ -53,9 +53,10 @@ def forward_flops(config: LNLConfig) -> dict[str, int]:
 
     if config.uses_local_attention:
         c1, c2, c3, c4, hidden = config.local_attention_widths
-        s = config.local_feature_size
-        local = (_conv(w2, c1, 3, s - 2) + _conv(c1, c2, 1, s - 2) + _conv(c2, c3, 3, s - 4)
-                 + _conv(c3, c4, 1, s - 4) + 2 * c4 * (s - 4) ** 2 * hidden + 2 * hidden)
+        s, shrink = config.local_feature_side, 2 * (1 - config.local_attention_padding)
+        local = (_conv(w2, c1, 3, s - shrink) + _conv(c1, c2, 1, s - shrink) + _conv(c2, c3, 3, s - 2 * shrink)
+                 + _conv(c3, c4, 1, s - 2 * shrink) + 2 * c4 * config.local_attention_side ** 2 * hidden
+                 + 2 * hidden)
         parts["local_attention"] = m * local
 
     f5 = size // 16

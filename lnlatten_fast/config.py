@@ -59,7 +59,10 @@ class LNLConfig:
     global_width: int = 512  # the two 3x3 convs that make g
     head_widths: tuple[int, int] = (1024, 512)
     dropout: float = 0.5
-    local_feature_size: int = 6  # SimpleNet output side; adaptive pooling brings others to it
+    local_feature_size: int | None = _flag(
+        6, "side of each f_i: SimpleNet's P//8 map is adaptive-average-pooled to it; none: keep P//8, "
+        "so f_i, the local-attention FC and the joint feature grow with the patch, as the paper "
+        "describes (tables VI, VII)")
     share_local_attention: bool = False  # paper: one local attention per patch
     init: str = "xavier"  # paper: Xavier-uniform; "kaiming" (He-uniform) for the tiny preset
     l2_lambda: float = _flag(1e-4, "eq. 3's λ, the weight of Σ‖W‖² over conv and linear weights")
@@ -113,8 +116,28 @@ class LNLConfig:
         return self.image_size // UNET_DOWNSAMPLING
 
     @property
+    def local_feature_side(self) -> int:
+        """The side of each f_i: `local_feature_size`, or SimpleNet's natural P // 8 (three 2x2
+        pools) when it is None."""
+        if self.local_feature_size is None:
+            return self.geometry.patch // 8
+        return self.local_feature_size
+
+    @property
+    def local_attention_padding(self) -> int:
+        """Padding of table III's two 3x3 convs: 0 (the paper's valid convs) when f_i is at least
+        5 x 5, else 1, so a natural-size f_i smaller than that (M = 25, 36 or small images; the
+        paper is silent there) keeps its side instead of vanishing."""
+        return 0 if self.local_feature_side >= 5 else 1
+
+    @property
+    def local_attention_side(self) -> int:
+        """The side of the map table III's FCs flatten."""
+        return self.local_feature_side - 4 * (1 - self.local_attention_padding)
+
+    @property
     def local_feature_dim(self) -> int:
-        return self.simplenet_widths[-1] * self.local_feature_size**2
+        return self.simplenet_widths[-1] * self.local_feature_side**2
 
     @property
     def global_feature_dim(self) -> int:
@@ -152,7 +175,7 @@ class LNLConfig:
             raise ParameterError("dropout", f"must lie in [0, 1), got {self.dropout}")
         if not (math.isfinite(float(self.l2_lambda)) and float(self.l2_lambda) >= 0):
             raise ParameterError("l2_lambda", f"must be a finite number >= 0, got {self.l2_lambda}")
-        for name in ("num_classes", "in_channels", "attention_dim", "global_width", "local_feature_size"):
+        for name in ("num_classes", "in_channels", "attention_dim", "global_width"):
             positive_ints(name, (getattr(self, name),))
         for name, count in (
             ("unet_widths", 5),
@@ -172,11 +195,14 @@ class LNLConfig:
                 f"must be a positive multiple of {UNET_DOWNSAMPLING} (U-Net pools four times), "
                 f"got {self.image_size}",
             )
-        if self.local_feature_size < 5:
-            raise ParameterError(
-                "local_feature_size",
-                f"must be >= 5: table III's two valid 3x3 convs need it, got {self.local_feature_size}",
-            )
+        if self.local_feature_size is not None:
+            positive_ints("local_feature_size", (self.local_feature_size,))
+            if self.local_feature_size < 5:
+                raise ParameterError(
+                    "local_feature_size",
+                    f"must be >= 5 (table III's two valid 3x3 convs need it) or None (SimpleNet's "
+                    f"natural P // 8), got {self.local_feature_size}",
+                )
         if self.uses_nonlocal_attention and self.attention_dim != self.global_width:
             raise ParameterError(
                 "attention_dim",

@@ -107,7 +107,7 @@ class StackedLinear(nn.Module):
 class SimpleNetEnsemble(nn.Module):
     """Table II for all M windows at once: (conv, conv, pool) x 3, per-patch weights."""
 
-    def __init__(self, num_patches: int, c_in: int, widths: tuple[int, int, int], out_size: int):
+    def __init__(self, num_patches: int, c_in: int, widths: tuple[int, int, int], out_size: int | None):
         super().__init__()
         channels = [c_in, widths[0], widths[0], widths[1], widths[1], widths[2], widths[2]]
         self.convs = nn.ModuleList(
@@ -121,7 +121,7 @@ class SimpleNetEnsemble(nn.Module):
         for i, conv in enumerate(self.convs[1:], start=1):
             pool_after = i % 2 == 1  # layers 2, 4, 6 end a (conv, conv, pool) block
             h = ops.grouped_conv3x3(h, conv.weight, conv.bias, relu=True, pool=pool_after, backend=backend)
-        if h.shape[-1] != self.out_size:
+        if self.out_size is not None and h.shape[-1] != self.out_size:
             # P // 8 != 6: bring f_i to 6x6 so table III and the 17408-d joint feature hold.
             batch, patches = h.shape[:2]
             h = F.adaptive_avg_pool2d(h.flatten(0, 1), self.out_size)
@@ -130,10 +130,14 @@ class SimpleNetEnsemble(nn.Module):
 
 
 class LocalAttention(nn.Module):
-    """Table III per patch: conv3x3 valid, conv1x1, conv3x3 valid, conv1x1, FC, FC, sigmoid."""
+    """Table III per patch: conv3x3 valid, conv1x1, conv3x3 valid, conv1x1, FC, FC, sigmoid.
 
-    def __init__(self, groups: int, c_in: int, widths: tuple[int, ...], in_size: int):
+    `padding` 1 makes the 3x3 convs keep the side of maps too small for two valid convs
+    (LNLConfig.local_attention_padding says when)."""
+
+    def __init__(self, groups: int, c_in: int, widths: tuple[int, ...], in_size: int, padding: int = 0):
         super().__init__()
+        self.padding = padding
         c1, c2, c3, c4, hidden = widths
         self.convs = nn.ModuleList(
             [
@@ -143,13 +147,13 @@ class LocalAttention(nn.Module):
                 StackedConv(groups, c3, c4, 1),
             ]
         )
-        flat = c4 * (in_size - 4) ** 2
+        flat = c4 * (in_size - 4 * (1 - padding)) ** 2
         self.fc1 = StackedLinear(groups, flat, hidden)
         self.fc2 = StackedLinear(groups, hidden, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
-            h = F.relu(conv(h))
+            h = F.relu(conv(h, padding=self.padding if conv.weight.shape[-1] == 3 else 0))
         logit = self.fc2(self.fc1(h.flatten(2)))  # table III: no activation between the FCs
         return torch.sigmoid(logit.squeeze(-1))
 
@@ -211,7 +215,8 @@ class LNLAttenNet(nn.Module):
                 1 if config.share_local_attention else m,
                 config.simplenet_widths[-1],
                 config.local_attention_widths,
-                config.local_feature_size,
+                config.local_feature_side,
+                config.local_attention_padding,
             )
         self.nonlocal_branch = NonLocalBranch(
             config.unet_widths[-1],

@@ -27,7 +27,9 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding,
     lf.LNLConfig.tiny(image_size=32, backend="reference"),
     lf.LNLConfig.tiny(image_size=48, num_patches=9, backend="reference"),
     lf.LNLConfig.tiny(image_size=32, variant="local", backend="reference"),
-], ids=["tiny-32", "tiny-48-M9", "local-only"])
+    lf.LNLConfig.tiny(image_size=96, local_feature_size=None, backend="reference"),  # P // 8 = 4: padded
+    lf.LNLConfig.tiny(image_size=128, num_patches=4, local_feature_size=None, backend="reference"),  # 8: valid
+], ids=["tiny-32", "tiny-48-M9", "local-only", "natural-4-padded", "natural-8-valid"])
 def test_analytic_flops_match_torchs_counter(config):
     model = lf.LNLAttenNet(config)
     x = torch.randn(2, 3, config.image_size, config.image_size)

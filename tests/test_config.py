@@ -1,3 +1,4 @@
+import torch
 import pytest
 
 import lnlatten_fast as lf
@@ -84,3 +85,37 @@ def test_config_errors_name_the_field_as_a_parameter():
         lf.LNLConfig(alpha=1.5)
     assert error.value.parameter == "alpha"
     assert cli_message(error.value).startswith("error: --alpha must lie in [0, 1]")
+
+
+def test_natural_local_feature_size_follows_the_patch():
+    """local_feature_size=None keeps SimpleNet's P // 8 map (no adaptive pooling), so f_i, the
+    local-attention FC and the joint feature grow with the patch, as the paper's table VII says;
+    pooled to 6 x 6 they do not."""
+    from lnlatten_fast.model import LNLAttenNet, count_parameters
+
+    def build(**changes):
+        cfg = lf.LNLConfig.tiny(image_size=96, backend="reference", **changes)
+        torch.manual_seed(0)
+        return cfg, LNLAttenNet(cfg)
+
+    counts = {}
+    for overlap in (0, 12):  # P = 24 and 33: natural sides 3 and 4
+        cfg, model = build(overlap=overlap, local_feature_size=None)
+        assert cfg.local_feature_side == cfg.geometry.patch // 8
+        out = model(torch.randn(2, 3, 96, 96), return_features=True)
+        side = cfg.geometry.patch // 8
+        assert out.features["simplenet"].shape[-2:] == (side, side)
+        assert out.features["joint"].shape[1] == cfg.global_feature_dim + cfg.simplenet_widths[-1] * side**2
+        counts[overlap] = count_parameters(model)
+    assert counts[12] > counts[0]
+    pooled = {overlap: count_parameters(build(overlap=overlap)[1]) for overlap in (0, 12)}
+    assert pooled[0] == pooled[12]
+
+
+def test_natural_size_below_five_pads_the_local_attention():
+    """Two valid 3x3 convs would shrink a 4 x 4 f_i to nothing; padding keeps its side."""
+    cfg = lf.LNLConfig(local_feature_size=None, num_patches=36)  # P = 34: 4 x 4
+    assert (cfg.local_feature_side, cfg.local_attention_padding, cfg.local_attention_side) == (4, 1, 4)
+    cfg = lf.LNLConfig(local_feature_size=None)  # P = 48: the paper's 6 x 6, valid convs
+    assert (cfg.local_feature_side, cfg.local_attention_padding, cfg.local_attention_side) == (6, 0, 2)
+    assert cfg.joint_feature_dim == lf.LNLConfig().joint_feature_dim == 17408
