@@ -114,7 +114,8 @@ def given_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
     return {name for name, value in vars(namespace).items() if value is not marker}
 
 
-def fail(error: Exception) -> int:
-    """Print the library error as the command line's one `error:` line; exit status 2."""
-    print(cli_message(error), file=sys.stderr)
+def fail(error: Exception, positionals: dict[str, str] | None = None) -> int:
+    """Print the library error as the command line's one `error:` line; exit status 2.
+    `positionals` names the positional arguments (parameter -> "RUN_DIR")."""
+    print(cli_message(error, positionals), file=sys.stderr)
     return 2

@@ -46,9 +46,11 @@ def as_flag(parameter: str) -> str:
 _QUOTED_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
-def cli_message(error: Exception) -> str:
-    """The one `error:` line a command line prints for `error`, naming flags, not parameters."""
+def cli_message(error: Exception, positionals: dict[str, str] | None = None) -> str:
+    """The one `error:` line a command line prints for `error`, naming flags, not parameters
+    (or the positional argument's name, e.g. {"run_dir": "RUN_DIR"}, for those in `positionals`)."""
     if isinstance(error, ParameterError):
-        problem = _QUOTED_PARAMETER.sub(lambda m: as_flag(m.group(1)), error.problem)
-        return f"error: {as_flag(error.parameter)} {problem}"
+        names = positionals or {}
+        problem = _QUOTED_PARAMETER.sub(lambda m: names.get(m.group(1), as_flag(m.group(1))), error.problem)
+        return f"error: {names.get(error.parameter, as_flag(error.parameter))} {problem}"
     return f"error: {error}"

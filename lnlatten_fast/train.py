@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"synthetic training images (default {SPLIT_SIZES['train']})")
     data.add_argument("--synthetic-test", type=int, default=None,
                       help=f"synthetic test images (default {SPLIT_SIZES['test']})")
+    data.add_argument("--synthetic-occlusion", type=float, default=0.0,
+                      help="probability that a synthetic face (train and test) has an occluding rectangle")
 
     model = p.add_argument_group(
         "model", "LNLConfig's fields; each defaults to the preset's value (numbers also take 'auto' for it)")

@@ -27,11 +27,13 @@ def load_split(
     seed: int = 0,
     synthetic_size: int | None = None,
     strict: bool = False,
+    synthetic_occlusion: float = 0.0,
 ) -> ImageSet:
     """Images of `split` ("train", "test" or "all") of `dataset` at `image_size` px.
 
     `data_root` is the dataset's root (not needed for the synthetic set, which draws
-    `synthetic_size` images from `seed` instead); `workers` processes decode into `cache_dir`.
+    `synthetic_size` images from `seed` instead, each occluded with probability
+    `synthetic_occlusion`); `workers` processes decode into `cache_dir`.
     An image that cannot be decoded is left out and listed in the result's `skipped`; with
     `strict` it raises ImageDecodeError naming the file.
     """
@@ -39,8 +41,8 @@ def load_split(
         raise ParameterError("dataset", f"must be one of {', '.join(DATASETS)}; got {dataset!r}")
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     if dataset == SYNTHETIC:
-        key = synthetic.cache_key(split, seed, synthetic_size)
-        draw = lambda: synthetic.draw(split, image_size, seed, synthetic_size)  # noqa: E731
+        key = synthetic.cache_key(split, seed, synthetic_size, synthetic_occlusion)
+        draw = lambda: synthetic.draw(split, image_size, seed, synthetic_size, synthetic_occlusion)  # noqa: E731
         return cached_arrays(cache_dir, f"synthetic-{split}", image_size, key, draw)
     if data_root is None:
         raise ParameterError("data_root", f"is required for dataset {dataset!r}")

@@ -50,6 +50,7 @@ class TrainSettings:
     cache_dir: str | None = None
     synthetic_train: int | None = None
     synthetic_test: int | None = None
+    synthetic_occlusion: float = 0.0  # probability of an occluding rectangle on a synthetic face
     crop_padding: int | None = None  # None: image_size // 16
     strict: bool = False  # an undecodable image fails the run (default: skipped and listed)
     trace_every: int = 50  # record probes' w_g, w_l every this many steps (0: never); trace.py
@@ -81,6 +82,8 @@ class TrainSettings:
         for name in ("synthetic_train", "synthetic_test"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ParameterError(name, f"must be positive (an empty split trains or tests nothing), got {getattr(self, name)}")
+        if not 0.0 <= self.synthetic_occlusion <= 1.0:
+            raise ParameterError("synthetic_occlusion", f"must lie in [0, 1], got {self.synthetic_occlusion}")
         for name in ("trace_every", "trace_images"):
             if getattr(self, name) < 0:
                 raise ParameterError(name, f"must be >= 0 (0: no attention trace), got {getattr(self, name)}")

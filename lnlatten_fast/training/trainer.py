@@ -27,9 +27,9 @@ from ..data.splits import stratified_holdout
 from ..errors import ParameterError, PathExistsError, TrainingDivergedError
 from ..model import LNLAttenNet, lnl_loss
 from ..ops.dispatch import resolve_name
-from . import checkpoint, distributed, metrics, run_dir as runs
+from . import checkpoint, distributed, localization, metrics, run_dir as runs
 from .evaluation import evaluate
-from .loading import load_data
+from .loading import load_data, load_test_regions
 from .precision import autocast, resolve_precision
 from .settings import TrainSettings
 from .telemetry import GpuMonitor
@@ -213,7 +213,11 @@ def fit(
                     f"mean class acc {test['mean_class_accuracy']:.4f}  {record['images_per_second']:.0f} img/s"
                     + (f"  peak {record['gpu']['torch_max_memory_allocated_bytes'] / 2**30:.1f} GiB" if "gpu" in record else "")
                 )
-    return summarize(history, settings, backend_used, precision)
+    summary = summarize(history, settings, backend_used, precision)
+    regions = load_test_regions(settings, cfg.image_size) if ctx.is_main and fold is None else None
+    if regions is not None:  # the synthetic faces know where their cues are: measure it
+        summary["localization"] = localization.measure(model, test_set.images, regions, ctx.device, precision)
+    return summary
 
 
 def _measure_conv_choices(model, images: ImageSet, batch_size: int, precision: str, device) -> None:
@@ -284,12 +288,30 @@ def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str
         f"- best test accuracy {summary['test_accuracy_best']:.4f} (epoch {summary['best_epoch']})",
         f"- mean class accuracy (final epoch) {summary['mean_class_accuracy']:.4f}",
         f"- training throughput {summary['images_per_second']:.0f} images/s",
-        "",
-        "![confusion matrix](confusion_matrix.png)",
     ]
+    if "localization" in summary:
+        lines += _localization_lines(summary["localization"])
+    lines += ["", "![confusion matrix](confusion_matrix.png)"]
     text = "\n".join(lines) + "\n"
     (run_dir / "summary.md").write_text(text)
     return text
+
+
+def _localization_lines(found: dict) -> list[str]:
+    selectivity = found["occlusion_selectivity"]
+    lines = [
+        f"- localisation on {found['images']} test faces (ground-truth eyes, brows, mouth): w_g puts "
+        f"**{found['crucial_mass_ratio']:.2f}x** the uniform share of its mass on the "
+        f"{found['crucial_patches_mean']:.1f} patches that touch a cue (ceiling "
+        f"{found['crucial_mass_ratio_ceiling']:.2f}x); Spearman(w_g, cue area) {found['crucial_rank_corr']:.2f}",
+    ]
+    if "occlusion_own_drop" in found:
+        lines.append(
+            f"- occluding a patch lowers its own w_l by {found['occlusion_own_drop']:.4f} and the others' by "
+            f"{found['occlusion_other_drop']:.4f} on average: selectivity "
+            + (f"**{selectivity:.2f}**" if selectivity is not None else "undefined (the others' w_l did not fall)")
+        )
+    return lines
 
 
 def train(settings: TrainSettings) -> dict:

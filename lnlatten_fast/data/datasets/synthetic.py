@@ -11,7 +11,7 @@ import numpy as np
 
 from ..synthetic import VERSION, generate
 
-__all__ = ["SPLIT_SIZES", "TEST_START", "draw", "cache_key"]
+__all__ = ["SPLIT_SIZES", "TEST_START", "draw", "draw_regions", "cache_key"]
 
 #: Default number of images per split.
 SPLIT_SIZES = {"train": 2100, "test": 700}
@@ -27,14 +27,25 @@ def _split_range(split: str, count: int | None) -> tuple[int, int]:
     return start, SPLIT_SIZES[split] if count is None else count
 
 
-def draw(split: str, image_size: int, seed: int = 0, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, S, S, 3) and labels (N,) of `split` (`count` images, default SPLIT_SIZES)."""
+def draw(split: str, image_size: int, seed: int = 0, count: int | None = None,
+         occlusion: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, S, S, 3) and labels (N,) of `split` (`count` images, default SPLIT_SIZES;
+    each face occluded by a rectangle with probability `occlusion`)."""
     start, count = _split_range(split, count)
-    faces = generate(count, size=image_size, seed=seed, start=start)
+    faces = generate(count, size=image_size, seed=seed, start=start, occlusion_prob=occlusion)
     return faces["images"], faces["labels"]
 
 
-def cache_key(split: str, seed: int = 0, count: int | None = None) -> str:
-    """What identifies a drawn split in the cache: renderer version, seed and index range."""
+def draw_regions(split: str, image_size: int, seed: int = 0, count: int | None = None,
+                 occlusion: float = 0.0) -> np.ndarray:
+    """The ground-truth crucial-region masks (N, S, S) uint8 (REGION_CODES) of the images
+    :func:`draw` gives for the same arguments."""
     start, count = _split_range(split, count)
-    return f"v{VERSION}-seed{seed}-start{start}-n{count}"
+    return generate(count, size=image_size, seed=seed, start=start, occlusion_prob=occlusion)["regions"]
+
+
+def cache_key(split: str, seed: int = 0, count: int | None = None, occlusion: float = 0.0) -> str:
+    """What identifies a drawn split in the cache: renderer version, seed, index range and the
+    occlusion probability."""
+    start, count = _split_range(split, count)
+    return f"v{VERSION}-seed{seed}-start{start}-n{count}" + (f"-occ{occlusion!r}" if occlusion else "")

@@ -1,0 +1,145 @@
+"""`python -m lnlatten_fast.sweep {variants,alpha,patches,overlap} --out DIR`: one of the paper's
+ablations (tables IV-VII), every setting trained and the table written.
+
+Any other flag is a `python -m lnlatten_fast.train` flag and goes to every run (`--dataset`,
+`--epochs`, `--preset`, `--image-size`, ...). Each (setting, seed) trains in DIR/<setting>/seed<k>
+as its own process, `--jobs` at a time; a rerun skips the finished ones and resumes the
+interrupted ones. DIR/table.md (the paper's layout, its numbers beside ours when the dataset is
+one of its) and DIR/table.csv are rewritten after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import cli, train
+from .errors import ParameterError, as_flag
+from .training import sweeps
+
+# The sweep chooses these for each run; the swept fields are refused too (see _refused).
+_OWN_FLAGS = {"out", "seed", "resume"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lnlatten_fast.sweep", description=__doc__.split("\n\n")[0],
+        epilog="Every other flag is passed to python -m lnlatten_fast.train (see its --help).",
+        formatter_class=cli.HelpFormatter, allow_abbrev=False)  # "--seed" must reach train, not be --seeds
+    p.add_argument("sweep", choices=sorted(sweeps.SWEEPS),
+                   help="variants: table IV; alpha: table V; patches (M): table VI; overlap (N): table VII")
+    p.add_argument("--out", required=True, help="the sweep's directory: one run directory per setting and seed")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 per setting; the table gives mean ± std")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, as independent processes (each gets cores / jobs CPU threads)")
+    return p
+
+
+def _setting_flags(setting: sweeps.Setting) -> list[str]:
+    return [arg for name, value in setting.model.items()
+            for arg in (as_flag(name), "none" if value is None else str(value))]
+
+
+def _refused(sweep: str) -> set[str]:
+    swept = {name for setting in sweeps.SWEEPS[sweep][1] for name in setting.model}
+    return _OWN_FLAGS | swept
+
+
+def plan(sweep: str, passed: list[str]) -> dict:
+    """Check the passed-through train flags and every setting's config before anything runs:
+    {slug: TrainSettings}."""
+    parser = train.build_parser()
+    clashing = sorted(cli.given_flags(parser, passed) & _refused(sweep))
+    if clashing:
+        raise ParameterError(clashing[0], f"is set by the sweep {sweep} itself; leave it out")
+    planned = {}
+    for setting in sweeps.SWEEPS[sweep][1]:
+        args = parser.parse_args([*passed, *_setting_flags(setting), "--out", "unused"])
+        settings = train.settings_from_args(args)
+        settings.validate()  # a setting this image size cannot hold fails here, by name
+        planned[setting.slug] = settings
+    return planned
+
+
+def _command(setting: sweeps.Setting, seed: int, directory: Path, passed: list[str]) -> list[str]:
+    command = [sys.executable, "-m", "lnlatten_fast.train", *passed, *_setting_flags(setting),
+               "--seed", str(seed), "--out", str(directory)]
+    return command + (["--resume"] if (directory / "last.pt").is_file() else [])
+
+
+def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
+    planned = plan(sweep, passed)
+    configs = {slug: settings.model for slug, settings in planned.items()}
+    dataset = next(iter(planned.values())).dataset
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(setting, seed) for setting in sweeps.SWEEPS[sweep][1] for seed in range(seeds)
+            if not sweeps.is_finished(sweeps.run_dir(out, setting, seed))]
+    done = len(sweeps.SWEEPS[sweep][1]) * seeds - len(todo)
+    print(f"sweep {sweep}: {len(todo)} run(s) to train, {done} finished before", flush=True)
+    env = dict(os.environ)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:  # jobs processes share the cores, not each take all
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    description = "Every run: python -m lnlatten_fast.train " + " ".join(passed) + " plus the setting's flags."
+    running: list[tuple[subprocess.Popen, str, Path]] = []
+    failed: list[tuple[str, Path]] = []
+
+    def reap(block: bool) -> None:
+        while running:
+            for entry in list(running):
+                process, name, log = entry
+                if process.poll() is not None:
+                    running.remove(entry)
+                    status = "finished" if process.returncode == 0 else f"FAILED (exit {process.returncode}, see {log})"
+                    print(f"  {name}: {status}", flush=True)
+                    if process.returncode:
+                        failed.append((name, log))
+                    sweeps.write_tables(out, sweep, sweeps.collect(out, sweep, list(range(seeds)), configs),
+                                        dataset, description)
+                    if not block:
+                        return
+            if not block and len(running) < jobs:
+                return
+            time.sleep(0.5)
+
+    for setting, seed in todo:
+        directory = sweeps.run_dir(out, setting, seed)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        log = directory.parent / f"seed{seed}.log"
+        name = f"{setting.slug} seed {seed}"
+        print(f"  {name}: training in {directory}", flush=True)
+        with open(log, "ab") as fh:
+            running.append((subprocess.Popen(_command(setting, seed, directory, passed), stdout=fh,
+                                             stderr=subprocess.STDOUT, env=env), name, log))
+        while len(running) >= jobs:
+            reap(block=False)
+    reap(block=True)
+    markdown, table = sweeps.write_tables(out, sweep, sweeps.collect(out, sweep, list(range(seeds)), configs),
+                                          dataset, description)
+    print(markdown.read_text())
+    print(f"tables: {markdown}, {table}")
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: " + "; ".join(f"{name} (log {log})" for name, log in failed)
+              + "; rerun the same command to retry them", file=sys.stderr)
+        return cli.RUN_FAILED
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args, passed = parser.parse_known_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    try:
+        return run(args.sweep, Path(args.out), args.seeds, args.jobs, passed)
+    except cli.LIBRARY_ERRORS as error:
+        return cli.fail(error)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

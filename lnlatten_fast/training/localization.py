@@ -1,0 +1,150 @@
+"""Does the model find the crucial regions without landmarks? Measured on the synthetic faces,
+whose ground truth marks the eyes, brows and mouth of every image.
+
+The paper shows this only by eye (figs. 10-13). Here it is three numbers:
+
+- ``crucial_mass_ratio``: the share of w_g's mass on the patches that overlap a crucial region,
+  divided by the share uniform weights would give them (|crucial| / M); 1 is no preference. Its
+  ceiling, all mass on the crucial patches, is M / |crucial| and is reported beside it
+  (``crucial_mass_ratio_ceiling``): on faces that fill the image most windows touch a cue.
+- ``crucial_rank_corr``: Spearman's correlation between w_g and each patch's crucial-region
+  area (pixels), averaged over the images.
+- ``occlusion_selectivity``: the mean drop of a patch's w_l when that patch is filled with grey,
+  divided by the mean drop of the other patches' w_l (paper fig. 13: an obscured patch's weight
+  falls, the others stay). Both drops are reported beside it.
+
+Every figure is a mean over images of a per-image value, so the numbers of runs of different
+lengths and datasets compare.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.pipeline import to_model_input
+from ..geometry import PatchGeometry
+from .precision import autocast
+
+__all__ = [
+    "OCCLUSION_FILL", "patch_areas", "spearman", "crucial_mass_ratio", "crucial_rank_corr", "occluded_copies",
+    "occlusion_drops", "measure",
+]
+
+#: The grey an occluded patch is filled with (uint8 RGB), as the synthetic occluders' grey.
+OCCLUSION_FILL = 128
+
+
+def patch_areas(mask: np.ndarray, geom: PatchGeometry) -> np.ndarray:
+    """(N, S, S) bool -> (N, M): how many pixels of each window the mask covers."""
+    mask = np.asarray(mask, dtype=bool)
+    return np.stack([mask[:, r:r + geom.patch, c:c + geom.patch].sum(axis=(1, 2)) for r, c in geom.origins()], axis=1)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 along the last axis; ties get their mean rank (as Spearman's rho needs)."""
+    order = np.argsort(values, axis=-1, kind="stable")
+    ranks = np.empty(values.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, np.arange(values.shape[-1], dtype=np.float64)[None].repeat(len(values), 0), -1)
+    for row in range(len(values)):
+        uniques, inverse = np.unique(values[row], return_inverse=True)
+        if len(uniques) < values.shape[-1]:
+            sums = np.bincount(inverse, weights=ranks[row])
+            ranks[row] = (sums / np.bincount(inverse))[inverse]
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair of (N, M) arrays; NaN where either row is constant."""
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (ra * rb).sum(axis=1) / denominator, np.nan)
+
+
+def crucial_mass_ratio(w_g: np.ndarray, areas: np.ndarray) -> tuple[float, float]:
+    """(mean ratio, mean ceiling) over the images with at least one crucial and one other patch
+    (in the rest every weighting gives 1)."""
+    crucial = areas > 0
+    count = crucial.sum(axis=1)
+    keep = (count > 0) & (count < areas.shape[1])
+    if not keep.any():
+        return float("nan"), float("nan")
+    uniform_share = count[keep] / areas.shape[1]
+    share = np.where(crucial, w_g, 0.0).sum(axis=1)[keep]
+    return float(np.mean(share / uniform_share)), float(np.mean(1.0 / uniform_share))
+
+
+def crucial_rank_corr(w_g: np.ndarray, areas: np.ndarray) -> float:
+    rho = spearman(w_g, areas)
+    return float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan")
+
+
+def occluded_copies(image: np.ndarray, geom: PatchGeometry) -> np.ndarray:
+    """(S, S, 3) uint8 -> (M, S, S, 3): the image with window m filled grey, for each m."""
+    copies = np.repeat(image[None], geom.num_patches, axis=0)
+    for m, (r, c) in enumerate(geom.origins()):
+        copies[m, r:r + geom.patch, c:c + geom.patch] = OCCLUSION_FILL
+    return copies
+
+
+@torch.no_grad()
+def _weights(model, images_u8: np.ndarray, device, precision: str, batch_size: int = 64):
+    w_g, w_l = [], []
+    for lo in range(0, len(images_u8), batch_size):
+        x = to_model_input(torch.from_numpy(np.array(images_u8[lo:lo + batch_size])).to(device))
+        with autocast(precision, device):
+            out = model(x)
+        w_g.append(out.nonlocal_weights.float().cpu().numpy())
+        w_l.append(out.local_weights.float().cpu().numpy())
+    return np.concatenate(w_g), np.concatenate(w_l)
+
+
+def occlusion_drops(model, images_u8: np.ndarray, device, precision: str = "fp32") -> np.ndarray:
+    """(N, M, M): entry [i, j, k] is how much patch k's w_l falls when patch j of image i is
+    occluded (positive: it fell)."""
+    geom = model.geometry
+    _, clean = _weights(model, images_u8, device, precision)
+    drops = []
+    for image, base in zip(images_u8, clean):
+        _, occluded = _weights(model, occluded_copies(image, geom), device, precision)
+        drops.append(base[None, :] - occluded)
+    return np.stack(drops)
+
+
+def measure(model, images_u8: np.ndarray, regions: np.ndarray, device, precision: str = "fp32",
+            occlusion_images: int = 56) -> dict:
+    """The localisation figures of `model` on images with their region masks (REGION_CODES;
+    anything but 0 is crucial). The occlusion test runs on the first `occlusion_images`."""
+    was_training = model.training
+    model.eval()
+    try:
+        geom = model.geometry
+        areas = patch_areas(regions > 0, geom)
+        w_g, _ = _weights(model, images_u8, device, precision)
+        ratio, ceiling = crucial_mass_ratio(w_g, areas)
+        result = {
+            "images": int(len(images_u8)),
+            "crucial_patches_mean": float((areas > 0).sum(axis=1).mean()),
+            "crucial_mass_ratio": ratio,
+            "crucial_mass_ratio_ceiling": ceiling,
+            "crucial_rank_corr": crucial_rank_corr(w_g, areas),
+        }
+        if model.local_attention is None:  # w_l is 1 everywhere: nothing to measure
+            return dict(result, occlusion_selectivity=None)
+        drops = occlusion_drops(model, images_u8[:occlusion_images], device, precision)
+        own = np.diagonal(drops, axis1=1, axis2=2)
+        others = (drops.sum(axis=2) - own) / (geom.num_patches - 1)
+        own_mean, others_mean = float(own.mean()), float(others.mean())
+        return dict(
+            result,
+            occlusion_images=int(len(drops)),
+            occlusion_own_drop=own_mean,
+            occlusion_other_drop=others_mean,
+            # A ratio of drops is only meaningful when the others' drop is positive.
+            occlusion_selectivity=own_mean / others_mean if others_mean > 0 else None,
+        )
+    finally:
+        model.train(was_training)
