@@ -171,8 +171,8 @@ def test_table_v_layout_with_the_papers_numbers(tmp_path):
     assert paper.split("|")[2].strip() == "84.09" and paper.split("|")[-2].strip() == "83.02"
     assert "Table V on rafdb" in text
     csv_rows = table.read_text().splitlines()
-    assert csv_rows[0] == "α,parameters,seeds,accuracy_mean,accuracy_std,paper"
-    assert csv_rows[1].split(",")[2:] == ["2", "85.0000", "7.0711", "84.09"]
+    assert csv_rows[0].startswith("α,parameters,seeds,accuracy_mean,accuracy_std,paper,crucial_mass_ratio")
+    assert csv_rows[1].split(",")[2:6] == ["2", "85.0000", "7.0711", "84.09"]
 
 
 def test_cpu_table_iv_sweep_writes_the_table_and_skips_finished_runs(tmp_path, capsys):

@@ -87,6 +87,10 @@ PAPER: dict[str, dict[str, dict[str, float]]] = {
 }
 
 
+#: The localisation figures (synthetic runs) a table shows beside the accuracy.
+LOCALIZATION_COLUMNS = ("crucial_mass_ratio", "crucial_rank_corr", "occlusion_own_drop", "occlusion_other_drop")
+
+
 def run_dir(out: Path, setting: Setting, seed: int) -> Path:
     return Path(out) / setting.slug / f"seed{seed}"
 
@@ -105,14 +109,21 @@ def collect(out: Path, sweep: str, seeds: list[int], configs: dict[str, LNLConfi
     """One row per setting: its parameters and the finished seeds' accuracies (%)."""
     rows = []
     for setting in SWEEPS[sweep][1]:
-        accuracies = []
+        accuracies, localizations = [], []
         for seed in seeds:
             path = run_dir(out, setting, seed) / "summary.json"
             if path.is_file():
-                accuracies.append(100.0 * json.loads(path.read_text())["test_accuracy_last10_mean"])
+                summary = json.loads(path.read_text())
+                accuracies.append(100.0 * summary["test_accuracy_last10_mean"])
+                if "localization" in summary:
+                    localizations.append(summary["localization"])
         mean, std = metrics.mean_std(accuracies) if accuracies else (math.nan, math.nan)
-        rows.append(dict(setting=setting.name, slug=setting.slug, parameters=parameter_count(configs[setting.slug]),
-                         seeds=len(accuracies), accuracy_mean=mean, accuracy_std=std, accuracies=accuracies))
+        row = dict(setting=setting.name, slug=setting.slug, parameters=parameter_count(configs[setting.slug]),
+                   seeds=len(accuracies), accuracy_mean=mean, accuracy_std=std, accuracies=accuracies)
+        for key in LOCALIZATION_COLUMNS:  # synthetic runs: how well w_g finds the cues, mean over seeds
+            values = [found[key] for found in localizations if found.get(key) is not None]
+            row[key] = sum(values) / len(values) if values else None
+        rows.append(row)
     return rows
 
 
@@ -122,6 +133,10 @@ def _cell(row: dict) -> str:
     if row["seeds"] == 1:
         return f"{row['accuracy_mean']:.2f}"
     return f"{row['accuracy_mean']:.2f} ± {row['accuracy_std']:.2f}"
+
+
+def _number(value) -> str:
+    return "—" if value is None else f"{value:.2f}"
 
 
 def write_tables(out: Path, sweep: str, rows: list[dict], dataset: str, description: str) -> tuple[Path, Path]:
@@ -136,11 +151,14 @@ def write_tables(out: Path, sweep: str, rows: list[dict], dataset: str, descript
              + (f", mean ± std over {seeds} seeds" if seeds > 1 else ""))
     lines = [f"# {title}", "", description, ""]
     if sweep == "variants":  # the paper's table IV: one row per model
+        localized = any(row["crucial_mass_ratio"] is not None for row in rows)
         head = ["model", "parameters", f"ours ({dataset})"] + ([f"paper ({paper_row})"] if paper else [])
+        head += ["w_g mass on cues (× uniform)", "Spearman(w_g, cue area)"] if localized else []
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in rows:
             cells = [row["setting"], f"{row['parameters']:,}", _cell(row)]
             cells += [f"{paper[row['setting']]:.2f}"] if paper else []
+            cells += [_number(row["crucial_mass_ratio"]), _number(row["crucial_rank_corr"])] if localized else []
             lines.append("| " + " | ".join(cells) + " |")
     else:  # tables V-VII: the swept value across, one row per quantity
         head = [label] + [row["setting"] for row in rows]
@@ -149,15 +167,19 @@ def write_tables(out: Path, sweep: str, rows: list[dict], dataset: str, descript
         if paper:
             lines.append("| " + " | ".join([f"paper ({paper_row})"] + [f"{paper[row['setting']]:.2f}" for row in rows]) + " |")
         lines.append("| " + " | ".join(["parameters"] + [f"{row['parameters']:,}" for row in rows]) + " |")
+        if any(row["crucial_mass_ratio"] is not None for row in rows):
+            lines.append("| " + " | ".join(["w_g mass on cues (× uniform)"]
+                                           + [_number(row["crucial_mass_ratio"]) for row in rows]) + " |")
     markdown = out / "table.md"
     markdown.write_text("\n".join(lines) + "\n")
     table = out / "table.csv"
     with open(table, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow([label, "parameters", "seeds", "accuracy_mean", "accuracy_std", "paper"])
+        writer.writerow([label, "parameters", "seeds", "accuracy_mean", "accuracy_std", "paper", *LOCALIZATION_COLUMNS])
         for row in rows:
             writer.writerow([row["setting"], row["parameters"], row["seeds"],
                              "" if not row["seeds"] else f"{row['accuracy_mean']:.4f}",
                              "" if not row["seeds"] else f"{row['accuracy_std']:.4f}",
-                             paper.get(row["setting"], "")])
+                             paper.get(row["setting"], ""),
+                             *("" if row[key] is None else f"{row[key]:.4f}" for key in LOCALIZATION_COLUMNS)])
     return markdown, table
