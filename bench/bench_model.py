@@ -143,11 +143,11 @@ def test_simplenet_fwd_bwd(benchmark, matmul_peak, gpu_monitor, backend):
     f9 = torch.randn(batch, cfg.unet_widths[0], cfg.image_size, cfg.image_size, device=DEVICE,
                      requires_grad=True).contiguous(memory_format=torch.channels_last)
     dtype = torch.bfloat16 if CUDA else torch.float32
-    ensemble = model.simplenets
+    ensemble = model.head.patches
 
     def step():
         with torch.autocast(DEVICE.type, dtype=dtype, enabled=CUDA):
-            out = ensemble(f9, cfg.geometry, backend)
+            out = ensemble(f9)
         out.float().sum().backward()
         _sync()
 

@@ -30,14 +30,14 @@ def main(argv=None) -> int:
         return 2
     cfg = lf.LNLConfig.preset(args.preset, backend=args.backend)
     model = lf.LNLAttenNet(cfg).cuda().to(torch.bfloat16)
-    ensemble, geom = model.simplenets, cfg.geometry
+    ensemble = model.head.patches
     f9 = torch.randn(args.batch, cfg.unet_widths[0], cfg.image_size, cfg.image_size, device="cuda",
                      dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for i in range(max(1, args.repeat)):
         start.record()
-        out = ensemble(f9, geom, args.backend)
+        out = ensemble(f9)
         out.float().square().mean().backward()
         end.record()
         torch.cuda.synchronize()

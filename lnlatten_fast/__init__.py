@@ -6,7 +6,7 @@
     lf.backends()                                    # which op implementations run here, and why not
 """
 
-from . import ops
+from . import nn, ops
 from .config import BACKENDS, VARIANTS, LNLConfig
 from .geometry import PatchGeometry
 from .model import LNLAttenNet, LNLOutput, count_parameters, l2_penalty, lnl_loss
@@ -24,6 +24,7 @@ __all__ = [
     "count_parameters",
     "backends",
     "ops",
+    "nn",
     "BACKENDS",
     "VARIANTS",
     "__version__",

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 from .errors import ParameterError
 from .geometry import PatchGeometry
 
-__all__ = ["LNLConfig", "Preset", "PRESETS", "VARIANTS", "BACKENDS", "INITS", "flag_help"]
+__all__ = ["LNLConfig", "Preset", "PRESETS", "VARIANTS", "BACKENDS", "INITS", "MIN_WINDOW", "flag_help",
+           "local_feature_side", "local_attention_padding"]
 
 # Table IV: LNLAttenNet, Model-Local, Model-NonLocal, Model-S.
 VARIANTS = ("full", "local", "nonlocal", "simple")
@@ -30,6 +31,19 @@ INITS = ("xavier", "kaiming")
 # U-Net downsamples four times (2x2 max-pool), so the input must divide by 2**4.
 UNET_DOWNSAMPLING = 16
 MIN_WINDOW = 8  # SimpleNet pools its windows 2x2 three times
+
+
+def local_feature_side(patch: int, local_feature_size: int | None) -> int:
+    """The side of each f_i: `local_feature_size`, or SimpleNet's natural P // 8 (three 2x2
+    pools) when it is None."""
+    return patch // 8 if local_feature_size is None else local_feature_size
+
+
+def local_attention_padding(side: int) -> int:
+    """Padding of table III's two 3x3 convs on an f_i of this side: 0 (the paper's valid convs)
+    from 5 x 5 up, else 1, so a natural-size f_i smaller than that (M = 36 at 144 px, small
+    images; the paper is silent there) keeps its side instead of vanishing."""
+    return 0 if side >= 5 else 1
 
 
 def _flag(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -117,18 +131,11 @@ class LNLConfig:
 
     @property
     def local_feature_side(self) -> int:
-        """The side of each f_i: `local_feature_size`, or SimpleNet's natural P // 8 (three 2x2
-        pools) when it is None."""
-        if self.local_feature_size is None:
-            return self.geometry.patch // 8
-        return self.local_feature_size
+        return local_feature_side(self.geometry.patch, self.local_feature_size)
 
     @property
     def local_attention_padding(self) -> int:
-        """Padding of table III's two 3x3 convs: 0 (the paper's valid convs) when f_i is at least
-        5 x 5, else 1, so a natural-size f_i smaller than that (M = 25, 36 or small images; the
-        paper is silent there) keeps its side instead of vanishing."""
-        return 0 if self.local_feature_side >= 5 else 1
+        return local_attention_padding(self.local_feature_side)
 
     @property
     def local_attention_side(self) -> int:

@@ -5,44 +5,30 @@
                   └──> F9 (conv9-2) ──M windows──> SimpleNet_i ──> f_i, local attention_i ──> w_l
     f_en = Σ_i w_g[i]·w_l[i]·f_i (eq. 2);  logits = FC(FC(FC([g*, f_en])))
 
-Per-patch networks keep their weights stacked on a leading patch axis (M, ...), so the whole
-ensemble runs as grouped ops and one state_dict serves every backend.
+The network is the U-Net backbone (`unet`) and the drop-in :class:`~lnlatten_fast.nn.LNLHead`
+(`head`) on its F9 and F5. Per-patch networks keep their weights stacked on a leading patch
+axis (M, ...), so the whole ensemble runs as grouped ops and one state_dict serves every backend.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import re
+import warnings
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from . import ops
 from .config import LNLConfig
+from .nn import LNLHead, LNLOutput, double_conv, initialize, regularized_weights
 
-__all__ = ["LNLAttenNet", "LNLOutput"]
-
-
-class LNLOutput(NamedTuple):
-    logits: torch.Tensor  # (B, C)
-    nonlocal_weights: torch.Tensor  # w_g (B, M), each row sums to 1
-    local_weights: torch.Tensor  # w_l (B, M), in (0, 1)
-    features: dict | None = None  # intermediate maps, when asked for with return_features
-
-
-# ---- building blocks --------------------------------------------------------------------
-def double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1),
-        nn.ReLU(inplace=True),
-    )
+__all__ = ["LNLAttenNet", "LNLOutput", "UNet", "migrate_state_dict", "count_parameters", "l2_penalty", "lnl_loss"]
 
 
 class UNet(nn.Module):
-    """Encoder widths w0..w4 with 2x2 max-pools; decoder of 2x2 stride-2 transposed convs."""
+    """Encoder widths w0..w4 with 2x2 max-pools; decoder of 2x2 stride-2 transposed convs.
+    Returns (F5, F9): the bottleneck (w4 channels, 1/16 of the input) and the last decoder map
+    (w0 channels, full size)."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...]):
         super().__init__()
@@ -62,7 +48,7 @@ class UNet(nn.Module):
         skips = []
         for i, block in enumerate(self.down):
             if i:
-                x = F.max_pool2d(x, 2)
+                x = nn.functional.max_pool2d(x, 2)
             x = block(x)
             skips.append(x)
         f5 = x
@@ -71,129 +57,55 @@ class UNet(nn.Module):
         return f5, x
 
 
-class StackedConv(nn.Module):
-    """One k x k conv per group (patch), weights stacked (G, Cout, Cin, k, k).
-
-    G is M for per-patch layers, or 1 for a layer shared by every patch.
-    """
-
-    def __init__(self, groups: int, c_in: int, c_out: int, kernel_size: int = 3):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(groups, c_out, c_in, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(groups, c_out))
-
-    def stacked(self, num_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.weight.expand(num_patches, *self.weight.shape[1:]), self.bias.expand(
-            num_patches, -1
-        )
-
-    def forward(self, h: torch.Tensor, padding: int = 0) -> torch.Tensor:
-        """Vendor grouped conv of (B, M, Cin, H, W) (the small local-attention layers)."""
-        return ops.stacked_conv2d(h, *self.stacked(h.shape[1]), padding=padding)
+# ---- checkpoints of the flat layout -------------------------------------------------------------
+# Before the blocks became lnlatten_fast.nn modules, their parameters sat on the network itself.
+_FLAT_KEYS = (
+    (re.compile(r"^simplenets\."), "head.patches."),
+    (re.compile(r"^local_attention\."), "head.local_attention."),
+    (re.compile(r"^nonlocal_branch\.global_convs\."), "head.global_convs."),
+    (re.compile(r"^nonlocal_branch\.(query|key|value)\."), r"head.nonlocal_attention.\1."),
+    (re.compile(r"^head\.(\d+)\."), r"head.classifier.\1."),
+)
 
 
-class StackedLinear(nn.Module):
-    """One fully connected layer per group (patch): weight (G, out, in)."""
-
-    def __init__(self, groups: int, d_in: int, d_out: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(groups, d_out, d_in))
-        self.bias = nn.Parameter(torch.empty(groups, d_out))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bmi,moi->bmo", h, self.weight.expand(h.shape[1], -1, -1)) + self.bias
-
-
-class SimpleNetEnsemble(nn.Module):
-    """Table II for all M windows at once: (conv, conv, pool) x 3, per-patch weights."""
-
-    def __init__(self, num_patches: int, c_in: int, widths: tuple[int, int, int], out_size: int | None):
-        super().__init__()
-        channels = [c_in, widths[0], widths[0], widths[1], widths[1], widths[2], widths[2]]
-        self.convs = nn.ModuleList(
-            StackedConv(num_patches, channels[i], channels[i + 1]) for i in range(6)
-        )
-        self.out_size = out_size
-
-    def forward(self, f9: torch.Tensor, geom, backend: str) -> torch.Tensor:
-        first = self.convs[0]
-        h = ops.patch_conv3x3(f9, first.weight, first.bias, geom, relu=True, backend=backend)
-        for i, conv in enumerate(self.convs[1:], start=1):
-            pool_after = i % 2 == 1  # layers 2, 4, 6 end a (conv, conv, pool) block
-            h = ops.grouped_conv3x3(h, conv.weight, conv.bias, relu=True, pool=pool_after, backend=backend)
-        if self.out_size is not None and h.shape[-1] != self.out_size:
-            # P // 8 != 6: bring f_i to 6x6 so table III and the 17408-d joint feature hold.
-            batch, patches = h.shape[:2]
-            h = F.adaptive_avg_pool2d(h.flatten(0, 1), self.out_size)
-            h = h.unflatten(0, (batch, patches))
-        return h
+def migrate_state_dict(state: dict) -> dict:
+    """`state` with the flat layout's keys (simplenets.*, nonlocal_branch.*, head.<i>.*) renamed
+    to the current ones; a state_dict already current is returned as it is. Warns once per
+    migration, saying what was renamed."""
+    if not any(key.startswith(("simplenets.", "nonlocal_branch.")) for key in state):
+        return state
+    migrated = {}
+    for key, value in state.items():
+        for pattern, replacement in _FLAT_KEYS:
+            if pattern.match(key):
+                key = pattern.sub(replacement, key, count=1)
+                break
+        migrated[key] = value
+    warnings.warn(
+        "this LNLAttenNet state_dict has the flat key layout of checkpoints written before lnlatten_fast.nn "
+        "(simplenets.*, local_attention.*, nonlocal_branch.*, head.<i>.*); it was migrated on load to head.patches.*, "
+        "head.local_attention.*, head.global_convs.*, head.nonlocal_attention.*, head.classifier.<i>.* (save it "
+        "again to store the new keys)",
+        stacklevel=3,
+    )
+    return migrated
 
 
-class LocalAttention(nn.Module):
-    """Table III per patch: conv3x3 valid, conv1x1, conv3x3 valid, conv1x1, FC, FC, sigmoid.
-
-    `padding` 1 makes the 3x3 convs keep the side of maps too small for two valid convs
-    (LNLConfig.local_attention_padding says when)."""
-
-    def __init__(self, groups: int, c_in: int, widths: tuple[int, ...], in_size: int, padding: int = 0):
-        super().__init__()
-        self.padding = padding
-        c1, c2, c3, c4, hidden = widths
-        self.convs = nn.ModuleList(
-            [
-                StackedConv(groups, c_in, c1, 3),
-                StackedConv(groups, c1, c2, 1),
-                StackedConv(groups, c2, c3, 3),
-                StackedConv(groups, c3, c4, 1),
-            ]
-        )
-        flat = c4 * (in_size - 4 * (1 - padding)) ** 2
-        self.fc1 = StackedLinear(groups, flat, hidden)
-        self.fc2 = StackedLinear(groups, hidden, 1)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
-            h = F.relu(conv(h, padding=self.padding if conv.weight.shape[-1] == 3 else 0))
-        logit = self.fc2(self.fc1(h.flatten(2)))  # table III: no activation between the FCs
-        return torch.sigmoid(logit.squeeze(-1))
+def _migrate_on_load(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook: rename the flat layout's keys in place."""
+    own = {key[len(prefix):]: state_dict[key] for key in list(state_dict) if key.startswith(prefix)}
+    migrated = migrate_state_dict(own)
+    if migrated is own:
+        return
+    for key in own:
+        del state_dict[prefix + key]
+    state_dict.update({prefix + key: value for key, value in migrated.items()})
 
 
-def pool_to_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
-    """2x2/2 max-pool when that gives exactly grid x grid (the paper), else adaptive max-pool."""
-    if x.shape[-1] // 2 == grid and x.shape[-2] // 2 == grid:
-        return F.max_pool2d(x, 2)
-    return F.adaptive_max_pool2d(x, grid)
-
-
-def as_regions(x: torch.Tensor) -> torch.Tensor:
-    """(B, D, n, n) -> (B, n*n, D): one row per region, row-major like the patch order."""
-    return x.flatten(2).transpose(1, 2)
-
-
-class NonLocalBranch(nn.Module):
-    """Table I (Q, K, V) plus the global vector g, both from F5."""
-
-    def __init__(self, c_in: int, attention_dim: int, global_width: int, grid: int, with_attention: bool):
-        super().__init__()
-        self.grid = grid
-        self.global_convs = double_conv(c_in, global_width)
-        if with_attention:
-            self.query = nn.Conv2d(c_in, attention_dim, 1)
-            self.key = nn.Conv2d(c_in, attention_dim, 1)
-            self.value = nn.Conv2d(c_in, attention_dim, 1)
-
-    def global_vector(self, f5: torch.Tensor) -> torch.Tensor:
-        return as_regions(pool_to_grid(self.global_convs(f5), self.grid))
-
-    def qkv(self, f5: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tuple(
-            as_regions(pool_to_grid(F.relu(proj(f5)), self.grid))
-            for proj in (self.query, self.key, self.value)
-        )
-
-
-# ---- the network ------------------------------------------------------------------------
+# ---- the network ----------------------------------------------------------------------------------
 class LNLAttenNet(nn.Module):
+    """The U-Net backbone and the LNL head on its F9 (high resolution) and F5 (low resolution)."""
+
     def __init__(self, config: LNLConfig | None = None):
         super().__init__()
         config = LNLConfig() if config is None else config
@@ -201,63 +113,30 @@ class LNLAttenNet(nn.Module):
             raise TypeError(f"config must be an LNLConfig, got {type(config).__name__}")
         config.validate()
         self.config = config
-        self.geometry = config.geometry
         self.backend = config.backend
-        m = self.geometry.num_patches
-
         self.unet = UNet(config.in_channels, config.unet_widths)
-        self.simplenets = SimpleNetEnsemble(
-            m, config.unet_widths[0], config.simplenet_widths, config.local_feature_size
-        )
-        self.local_attention = None
-        if config.uses_local_attention:
-            self.local_attention = LocalAttention(
-                1 if config.share_local_attention else m,
-                config.simplenet_widths[-1],
-                config.local_attention_widths,
-                config.local_feature_side,
-                config.local_attention_padding,
-            )
-        self.nonlocal_branch = NonLocalBranch(
-            config.unet_widths[-1],
-            config.attention_dim,
-            config.global_width,
-            self.geometry.grid,
-            config.uses_nonlocal_attention,
-        )
-        hidden1, hidden2 = config.head_widths
-        self.head = nn.Sequential(
-            nn.Linear(config.joint_feature_dim, hidden1),
-            nn.ReLU(inplace=True),
-            nn.Dropout(config.dropout),
-            nn.Linear(hidden1, hidden2),
-            nn.ReLU(inplace=True),
-            nn.Dropout(config.dropout),
-            nn.Linear(hidden2, config.num_classes),
-        )
+        self.head = LNLHead(config.unet_widths[0], config.unet_widths[-1], config.image_size, config,
+                            initialize_parameters=False)
+        self.geometry = self.head.geometry
         self.reset_parameters()
+        self.register_load_state_dict_pre_hook(_migrate_on_load)
+
+    @property
+    def local_attention(self):
+        """The head's local attention (None in Model-NonLocal and Model-S)."""
+        return self.head.local_attention
 
     def reset_parameters(self) -> None:
         """Xavier-uniform (or He-uniform, `config.init`) weights, each patch's slice on its own
         fans; zero biases."""
-        if self.config.init == "xavier":
-            init_weight = nn.init.xavier_uniform_
-        else:
-            init_weight = lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu")  # noqa: E731
-        for module in self.modules():
-            if isinstance(module, (StackedConv, StackedLinear)):
-                for group in module.weight.data:
-                    init_weight(group)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-                init_weight(module.weight)
-                nn.init.zeros_(module.bias)
+        initialize(self, self.config.init)
 
     def set_backend(self, backend: str) -> "LNLAttenNet":
         """Run on `backend` from now on; `config.backend` says so too (a new config object, so the
         caller's is left as it was). LNLConfig.validate rejects an unknown name."""
         self.config = self.config.replace(backend=backend)
         self.backend = backend
+        self.head.set_backend(backend)
         return self
 
     def channels_last(self) -> "LNLAttenNet":
@@ -269,7 +148,7 @@ class LNLAttenNet(nn.Module):
 
     def regularized_weights(self) -> list[torch.Tensor]:
         """The conv and linear weights (not biases) that eq. 3's L2 term covers."""
-        return [p for name, p in self.named_parameters() if name.endswith("weight")]
+        return regularized_weights(self)
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> LNLOutput:
         cfg = self.config
@@ -280,53 +159,31 @@ class LNLAttenNet(nn.Module):
                 f"x must be (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) for this "
                 f"config, got {tuple(x.shape)}"
             )
-        batch, m = x.shape[0], self.geometry.num_patches
-
         f5, f9 = self.unet(x)
-        pooled = self.simplenets(f9, self.geometry, self.backend)  # (B, M, C, 6, 6)
-        local_features = pooled.flatten(2)  # f_i
-        if self.local_attention is not None:
-            local_weights = self.local_attention(pooled)
-        else:
-            local_weights = x.new_ones(batch, m)
-
-        g = self.nonlocal_branch.global_vector(f5)  # (B, M, 512)
-        if cfg.uses_nonlocal_attention:
-            q, k, v = self.nonlocal_branch.qkv(f5)
-            s, nonlocal_weights = ops.l1_nonlocal_attention(q, k, v, backend=self.backend)
-            g_star = (1.0 - cfg.alpha) * g + cfg.alpha * s  # eq. 1
-        else:
-            nonlocal_weights = x.new_full((batch, m), 1.0 / m)
-            g_star = g
-
-        ensemble = torch.einsum("bm,bmf->bf", nonlocal_weights * local_weights, local_features)  # eq. 2
-        joint = torch.cat([g_star.flatten(1), ensemble], dim=1)
-        logits = self.head(joint)
-        features = None
+        out = self.head(f9, f5, return_features)
         if return_features:
-            features = dict(
-                f5=f5, f9=f9, simplenet=pooled, local_features=local_features, g_star=g_star, joint=joint
-            )
-        return LNLOutput(logits, nonlocal_weights, local_weights, features)
+            out = out._replace(features=dict(f5=f5, f9=f9, **out.features))
+        return out
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def l2_penalty(model: LNLAttenNet) -> torch.Tensor:
-    """Σ‖W‖² over conv and linear weights."""
-    return sum(w.square().sum() for w in model.regularized_weights())
+def l2_penalty(model: nn.Module) -> torch.Tensor:
+    """Σ‖W‖² over the conv and linear weights of any module (LNLAttenNet, or a backbone + LNLHead)."""
+    return sum(w.square().sum() for w in regularized_weights(model))
 
 
 def lnl_loss(
-    logits: torch.Tensor, target: torch.Tensor, model: LNLAttenNet, l2_lambda: float | None = None
+    logits: torch.Tensor, target: torch.Tensor, model: nn.Module, l2_lambda: float | None = None
 ) -> torch.Tensor:
-    """Eq. 3: cross-entropy + λ·Σ‖W‖² (λ from the model's config unless given)."""
+    """Eq. 3: cross-entropy + λ·Σ‖W‖² (λ from the model's config unless given; a model without
+    a config needs it given)."""
     l2_lambda = model.config.l2_lambda if l2_lambda is None else l2_lambda
     if not math.isfinite(l2_lambda) or l2_lambda < 0:
         raise ValueError(f"l2_lambda must be a finite number >= 0, got {l2_lambda}")
-    loss = F.cross_entropy(logits, target)
+    loss = nn.functional.cross_entropy(logits, target)
     if l2_lambda:
         loss = loss + l2_lambda * l2_penalty(model)
     return loss

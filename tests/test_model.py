@@ -34,7 +34,7 @@ def test_paper_preset_shapes(paper_run):
 
 def test_paper_preset_layer_shapes(paper_run):
     model, _ = paper_run
-    simplenet = [tuple(conv.weight.shape) for conv in model.simplenets.convs]
+    simplenet = [tuple(conv.weight.shape) for conv in model.head.patches.convs]
     assert simplenet == [
         (16, 64, 64, 3, 3), (16, 64, 64, 3, 3), (16, 128, 64, 3, 3),
         (16, 128, 128, 3, 3), (16, 256, 128, 3, 3), (16, 256, 256, 3, 3),
@@ -44,17 +44,18 @@ def test_paper_preset_layer_shapes(paper_run):
         (16, 256, 256, 3, 3), (16, 128, 256, 1, 1), (16, 128, 128, 3, 3), (16, 64, 128, 1, 1),
     ]
     assert tuple(la.fc1.weight.shape) == (16, 64, 256) and tuple(la.fc2.weight.shape) == (16, 1, 64)
-    for proj in (model.nonlocal_branch.query, model.nonlocal_branch.key, model.nonlocal_branch.value):
+    attention = model.head.nonlocal_attention
+    for proj in (attention.query, attention.key, attention.value):
         assert tuple(proj.weight.shape) == (512, 1024, 1, 1)  # table I
-    assert [layer.out_features for layer in model.head if isinstance(layer, torch.nn.Linear)] == [1024, 512, 7]
+    assert [layer.out_features for layer in model.head.classifier if isinstance(layer, torch.nn.Linear)] == [1024, 512, 7]
 
 
 def test_eq1_and_eq2_hold(paper_run):
     """Recompute g*, f_en and the logits from the parts the model exposes."""
     model, out = paper_run
     feats = out.features
-    g = model.nonlocal_branch.global_vector(feats["f5"])
-    q, k, v = model.nonlocal_branch.qkv(feats["f5"])
+    g = lf.nn.as_regions(lf.nn.pool_to_grid(model.head.global_convs(feats["f5"]), 4))
+    q, k, v = model.head.nonlocal_attention.qkv(feats["f5"])
     s, w_g = lf.ops.l1_nonlocal_attention(q, k, v, backend="reference")
     assert torch.allclose(feats["g_star"], 0.3 * g + 0.7 * s, rtol=1e-4, atol=1e-5)
     assert torch.allclose(w_g, out.nonlocal_weights)
@@ -63,7 +64,7 @@ def test_eq1_and_eq2_hold(paper_run):
         for i in range(16)
     )
     assert torch.allclose(feats["joint"][:, 8192:], f_en, rtol=1e-4, atol=1e-6)
-    assert torch.allclose(model.head(feats["joint"]), out.logits, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(model.head.classifier(feats["joint"]), out.logits, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", lf.VARIANTS)
@@ -75,7 +76,7 @@ def test_variants(variant):
     assert out.logits.shape == (3, 7)
     if variant in ("local", "simple"):  # Model-Local, Model-S: no non-local attention
         assert torch.equal(out.nonlocal_weights, torch.full((3, 16), 1 / 16))
-        assert not hasattr(model.nonlocal_branch, "query")
+        assert model.head.nonlocal_attention is None
     else:
         assert not torch.equal(out.nonlocal_weights, torch.full((3, 16), 1 / 16))
     if variant in ("nonlocal", "simple"):  # Model-NonLocal, Model-S: no local attention
@@ -113,7 +114,7 @@ def test_init_per_patch_fans_and_zero_biases(init):
         if name.endswith("bias"):
             assert torch.count_nonzero(p) == 0, name
     # every patch's slice is initialised on its own fans (fan = 9 * channels)
-    conv = model.simplenets.convs[2]
+    conv = model.head.patches.convs[2]
     c_out, c_in = conv.weight.shape[1:3]
     if init == "xavier":  # U(-a, a), a = sqrt(6 / (fan_in + fan_out))
         bound = (6 / (9 * c_in + 9 * c_out)) ** 0.5
@@ -136,7 +137,7 @@ def test_loss_is_cross_entropy_plus_l2_of_weights_only():
     expected = F.cross_entropy(logits, target) + 1e-4 * sum((w**2).sum() for w in weights)
     assert torch.allclose(lf.lnl_loss(logits, target, model), expected)
     with torch.no_grad():
-        model.head[0].bias.fill_(100.0)  # biases are not penalised
+        model.head.classifier[0].bias.fill_(100.0)  # biases are not penalised
     assert torch.allclose(lf.lnl_loss(logits, target, model), expected)
     assert torch.allclose(lf.lnl_loss(logits, target, model, l2_lambda=0.0), F.cross_entropy(logits, target))
 

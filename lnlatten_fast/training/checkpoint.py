@@ -5,8 +5,8 @@ dict), `config` (LNLConfig fields), `settings` (`TrainSettings.to_dict()`, the m
 under `settings["model"]`), `epoch`, `test_accuracy`, `class_names`, `fold`, and in `last.pt`
 also `optimizer`, `scheduler`, `history` and `rng` for --resume.
 
-`load` returns every checkpoint in the current layout: older formats are migrated here, and
-only here.
+`load` returns every checkpoint in the current layout: older formats, and state_dicts with the
+flat keys of the model before lnlatten_fast.nn (`model.migrate_state_dict`), are migrated here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 
 import torch
+
+from ..model import migrate_state_dict
 
 FORMAT = "lnlatten_fast/2"
 # Format 1 kept the run's settings flat, with these model fields beside the run's own; its
@@ -63,6 +65,8 @@ def load(path, mmap: bool = False) -> dict:
         payload = _migrate_format_1(payload)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} is not an lnlatten_fast checkpoint (format {FORMAT} expected)")
+    if "model" in payload:  # the state_dict's keys from before lnlatten_fast.nn
+        payload["model"] = migrate_state_dict(payload["model"])
     return payload
 
 
