@@ -45,8 +45,8 @@ def _simplenet_by_loop(ensemble: lf.nn.PatchEnsemble, x: torch.Tensor) -> torch.
     return h
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("out_size", [None, 5], ids=["natural", "pooled"])
+# The pooled mode adds a torch adaptive pool after the same kernels: checked on the fast backends.
+@pytest.mark.parametrize("backend, out_size", [(b, None) for b in BACKENDS] + [(b, 5) for b in BACKENDS if b != "triton"])
 def test_patch_ensemble_matches_a_loop_over_windows(backend, out_size, interpreter_without_overflow_checks):
     geom = lf.PatchGeometry(24, 2, 16, 8)  # natural side 2
     ensemble = lf.nn.PatchEnsemble(geom, 3, (4, 8, 8), out_size=out_size, backend=backend)
@@ -197,7 +197,7 @@ def test_own_backbone_with_the_head_trains_on_every_backend(backend, interpreter
     x, y = torch.randn(4, 3, 16, 16), torch.arange(4)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(4):
+    for _ in range(3):
         out = model(x)
         loss = lf.lnl_loss(out.logits, y, model, l2_lambda=1e-4)
         optimizer.zero_grad()
