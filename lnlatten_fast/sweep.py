@@ -83,7 +83,7 @@ def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
     env = dict(os.environ)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:  # jobs processes share the cores, not each take all
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    description = "Every run: python -m lnlatten_fast.train " + " ".join(passed) + " plus the setting's flags."
+    description = "Every run: " + " ".join(["python -m lnlatten_fast.train", *passed]) + " plus the setting's flags."
     running: list[tuple[subprocess.Popen, str, Path]] = []
     failed: list[tuple[str, Path]] = []
 

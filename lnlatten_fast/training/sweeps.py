@@ -136,7 +136,8 @@ def _cell(row: dict) -> str:
 
 
 def _number(value) -> str:
-    return "—" if value is None else f"{value:.2f}"
+    """Two decimals; "—" where there is nothing to show (no run, or a correlation of constant w_g)."""
+    return "—" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 def write_tables(out: Path, sweep: str, rows: list[dict], dataset: str, description: str) -> tuple[Path, Path]:
