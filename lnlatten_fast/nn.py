@@ -28,7 +28,7 @@ import torch.nn as torch_nn
 import torch.nn.functional as F
 
 from . import ops
-from .config import MIN_WINDOW, INITS, LNLConfig, local_attention_padding, local_feature_side
+from .config import BACKENDS, INITS, MIN_WINDOW, LNLConfig, local_attention_padding, local_feature_side
 from .errors import ParameterError
 from .geometry import PatchGeometry
 
@@ -115,8 +115,8 @@ def regularized_weights(module: torch_nn.Module) -> list[torch.Tensor]:
 
 def set_backend(module: torch_nn.Module, backend: str) -> None:
     """Run every block inside `module` on `backend` from now on."""
-    if backend not in ("auto", "reference", "native", "triton"):
-        raise ParameterError("backend", f"must be one of auto, reference, native, triton, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ParameterError("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
     for layer in module.modules():
         if isinstance(layer, (PatchEnsemble, L1NonLocalAttention, LNLHead)):
             layer.backend = backend

@@ -157,12 +157,13 @@ def test_fullgraph_compile_of_each_block_is_eager(name):
 def test_inductor_compile_of_a_backbone_with_the_head(monkeypatch, tmp_path):
     """The default backend (inductor), fullgraph: equal to eager within fp32 rounding."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
     torch.manual_seed(0)
     model = BackboneWithHead("auto").eval()
     x = torch.randn(2, 3, 16, 16)
     torch._dynamo.reset()
-    got = torch.compile(model, fullgraph=True)(x).logits
+    # inductor's own patch API: a monkeypatched config attribute is gone for later tests once undone
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        got = torch.compile(model, fullgraph=True)(x).logits
     assert relative_error(got, model(x).logits, scale_floor=1e-6) <= 1e-5
 
 

@@ -48,11 +48,12 @@ def test_fullgraph_inductor_compile_of_the_default_backend(monkeypatch, tmp_path
     sums, so equal to eager within fp32 rounding. It also plans memory from the custom ops'
     fakes, so a fake whose strides differ from the real op's fails here."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # a cached graph hides fakes
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
     model, x, y = _model_and_batch()
     eager = _training_step(model, x, y)
     torch._dynamo.reset()
-    got = _training_step(model, x, y, torch.compile(model, fullgraph=True))
+    # inductor's own patch API: monkeypatch's undo removed the setting for every later test
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        got = _training_step(model, x, y, torch.compile(model, fullgraph=True))
     for a, b in zip(got, eager, strict=True):
         assert relative_error(a, b, scale_floor=1e-6) <= 1e-5
 
