@@ -34,7 +34,7 @@ from .geometry import PatchGeometry
 
 __all__ = [
     "LNLOutput", "StackedConv", "StackedLinear", "PatchEnsemble", "LocalAttention", "L1NonLocalAttention", "LNLHead",
-    "double_conv", "initialize", "regularized_weights", "set_backend",
+    "double_conv", "initialize", "regularized_weights", "set_backend", "pool_to_grid", "as_regions",
 ]
 
 
