@@ -1,4 +1,4 @@
-"""The paper's analysis figures (figs. 10-14) as matplotlib PNGs: arrays in, a file out.
+"""The paper's figures (confusion matrices, figs. 8-14) as matplotlib PNGs: arrays in, a file out.
 
 Every w_g picture uses :func:`viz.nonlocal_weight_scale` (0 to 2/M, uniform mid-scale) and
 every w_l picture 0 to 1 (a sigmoid), so figures of different faces and runs compare by
@@ -14,7 +14,7 @@ import numpy as np
 from .geometry import PatchGeometry
 from .viz import nonlocal_weight_scale
 
-__all__ = ["nonlocal_weight_grid", "nonlocal_weight_curves", "nonlocal_weight_snapshots", "local_weight_occlusion",
+__all__ = ["confusion_matrix", "nonlocal_weight_grid", "nonlocal_weight_curves", "nonlocal_weight_snapshots", "local_weight_occlusion",
            "nonlocal_weights_by_alpha"]
 
 _MAP = "viridis"
@@ -29,12 +29,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    """Write atomically (a temporary file, then rename), creating the folder."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(path)
     return path
@@ -55,6 +56,27 @@ def _weight_grid(ax, weights: np.ndarray, grid: int, vmin: float, vmax: float, a
                         fontsize=6, color="white" if value < (vmin + vmax) / 2 else "black")
     _bare(ax)
     return shown
+
+
+def confusion_matrix(confusion, class_names, path, title: str) -> Path:
+    """Figs. 8-9: row-normalised rates with the counts beneath them (rows: true class)."""
+    plt = _pyplot()
+    counts = np.asarray(confusion, dtype=np.float64)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * n, 0.8 + 0.8 * n))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{rates[i, j]:.2f}\n{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path, dpi=120)
 
 
 def nonlocal_weight_grid(images: np.ndarray, w_g: np.ndarray, titles: list[str], geom: PatchGeometry, path) -> Path:

@@ -73,7 +73,7 @@ def _command(setting: sweeps.Setting, seed: int, directory: Path, passed: list[s
 
 def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
     planned = plan(sweep, passed)
-    configs = {slug: settings.model for slug, settings in planned.items()}
+    parameters = {slug: sweeps.parameter_count(settings.model) for slug, settings in planned.items()}
     dataset = next(iter(planned.values())).dataset
     out.mkdir(parents=True, exist_ok=True)
     todo = [(setting, seed) for setting in sweeps.SWEEPS[sweep][1] for seed in range(seeds)
@@ -85,6 +85,10 @@ def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     description = "Every run: " + " ".join(["python -m lnlatten_fast.train", *passed]) + " plus the setting's flags."
     running: list[tuple[subprocess.Popen, str, Path]] = []
+
+    def write_tables() -> tuple[Path, Path]:
+        rows = sweeps.collect(out, sweep, list(range(seeds)), parameters)
+        return sweeps.write_tables(out, sweep, rows, dataset, description)
     failed: list[tuple[str, Path]] = []
 
     def reap(block: bool) -> None:
@@ -97,8 +101,7 @@ def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
                     print(f"  {name}: {status}", flush=True)
                     if process.returncode:
                         failed.append((name, log))
-                    sweeps.write_tables(out, sweep, sweeps.collect(out, sweep, list(range(seeds)), configs),
-                                        dataset, description)
+                    write_tables()
                     if not block:
                         return
             if not block and len(running) < jobs:
@@ -117,8 +120,7 @@ def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
         while len(running) >= jobs:
             reap(block=False)
     reap(block=True)
-    markdown, table = sweeps.write_tables(out, sweep, sweeps.collect(out, sweep, list(range(seeds)), configs),
-                                          dataset, description)
+    markdown, table = write_tables()
     print(markdown.read_text())
     print(f"tables: {markdown}, {table}")
     if failed:

@@ -159,8 +159,8 @@ def test_table_v_layout_with_the_papers_numbers(tmp_path):
             directory = sweeps.run_dir(tmp_path, setting, seed)
             directory.mkdir(parents=True)
             (directory / "summary.json").write_text(json.dumps({"test_accuracy_last10_mean": accuracy}))
-    configs = {s.slug: lf.LNLConfig.tiny(**s.model) for s in settings}
-    rows = sweeps.collect(tmp_path, "alpha", [0, 1], configs)
+    parameters = {s.slug: sweeps.parameter_count(lf.LNLConfig.tiny(**s.model)) for s in settings}
+    rows = sweeps.collect(tmp_path, "alpha", [0, 1], parameters)
     markdown, table = sweeps.write_tables(tmp_path, "alpha", rows, "rafdb", "two seeds")
     text = markdown.read_text()
     header, _, ours, paper, parameters = [line for line in text.splitlines() if line.startswith("|")]

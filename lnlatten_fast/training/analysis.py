@@ -22,7 +22,7 @@ import numpy as np
 from .. import figures
 from ..data import labels
 from ..errors import MissingPathError, ParameterError
-from . import distributed, localization, metrics, trace
+from . import distributed, localization, run_dir as runs, trace
 from .inference import load_model, predict
 from .loading import load_test_split
 from .settings import TrainSettings
@@ -44,11 +44,10 @@ def _checkpoint(run_dir: Path, which: str) -> Path:
 
 
 def _last_record(run_dir: Path) -> dict:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    epochs = runs.read_epochs(run_dir)
+    if not epochs:
         raise MissingPathError("run_dir", f"{run_dir} holds no metrics.jsonl: no epoch finished")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1])
+    return epochs[-1]
 
 
 def final_nonlocal_weights(run_dir: Path) -> tuple[float, np.ndarray]:
@@ -77,11 +76,9 @@ def analyze_run(run_dir, alpha_runs=(), device: str = "auto", checkpoint: str = 
     written = []
 
     record = _last_record(run_dir)
-    confusion_path = out / "confusion.png"
-    confusion_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics.plot_confusion(record["confusion"], class_names, confusion_path,
-                           f"{settings.dataset}: epoch {record['epoch']}, accuracy {record['test_accuracy']:.3f}")
-    written.append(confusion_path)
+    written.append(figures.confusion_matrix(
+        record["confusion"], class_names, out / "confusion.png",
+        f"{settings.dataset}: epoch {record['epoch']}, accuracy {record['test_accuracy']:.3f}"))
 
     test_set = load_test_split(settings, model.config.image_size, payload.get("fold"))
     traced = np.load(run_dir / trace.FILE) if (run_dir / trace.FILE).is_file() else None

@@ -21,6 +21,7 @@ from ..geometry import PatchGeometry
 from ..model import LNLAttenNet
 from . import checkpoint
 from .distributed import pick_device
+from .precision import autocast
 
 __all__ = ["load_model", "load_images", "predict", "Predictions", "predict_files"]
 
@@ -58,10 +59,19 @@ def load_images(paths, size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(model: LNLAttenNet, images_u8: np.ndarray, device: torch.device):
-    """Class probabilities (N, C), non-local weights (N, M) and local weights (N, M)."""
-    out = model(to_model_input(torch.from_numpy(np.ascontiguousarray(images_u8)).to(device)))
-    return out.logits.float().softmax(dim=1).cpu(), out.nonlocal_weights.float().cpu(), out.local_weights.float().cpu()
+def predict(model: LNLAttenNet, images_u8: np.ndarray, device: torch.device, precision: str = "fp32",
+            batch_size: int | None = None):
+    """Class probabilities (N, C), non-local weights (N, M) and local weights (N, M) of uint8
+    (N, S, S, 3) images, `batch_size` at a time (default all at once), under `precision`."""
+    step = batch_size or max(len(images_u8), 1)
+    parts = []
+    for lo in range(0, len(images_u8), step):
+        x = to_model_input(torch.from_numpy(np.array(images_u8[lo:lo + step])).to(device))  # a copy: memmaps are read-only
+        with autocast(precision, device):
+            out = model(x)
+        parts.append((out.logits.float().softmax(dim=1).cpu(), out.nonlocal_weights.float().cpu(),
+                      out.local_weights.float().cpu()))
+    return tuple(torch.cat(column) for column in zip(*parts))
 
 
 @dataclass

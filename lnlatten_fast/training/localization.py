@@ -20,11 +20,9 @@ lengths and datasets compare.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from ..data.pipeline import to_model_input
 from ..geometry import PatchGeometry
-from .precision import autocast
+from .inference import predict
 
 __all__ = [
     "OCCLUSION_FILL", "patch_areas", "spearman", "crucial_mass_ratio", "crucial_rank_corr", "occluded_copies",
@@ -33,6 +31,8 @@ __all__ = [
 
 #: The grey an occluded patch is filled with (uint8 RGB), as the synthetic occluders' grey.
 OCCLUSION_FILL = 128
+#: Images per forward pass.
+BATCH = 64
 
 
 def patch_areas(mask: np.ndarray, geom: PatchGeometry) -> np.ndarray:
@@ -90,26 +90,18 @@ def occluded_copies(image: np.ndarray, geom: PatchGeometry) -> np.ndarray:
     return copies
 
 
-@torch.no_grad()
-def _weights(model, images_u8: np.ndarray, device, precision: str, batch_size: int = 64):
-    w_g, w_l = [], []
-    for lo in range(0, len(images_u8), batch_size):
-        x = to_model_input(torch.from_numpy(np.array(images_u8[lo:lo + batch_size])).to(device))
-        with autocast(precision, device):
-            out = model(x)
-        w_g.append(out.nonlocal_weights.float().cpu().numpy())
-        w_l.append(out.local_weights.float().cpu().numpy())
-    return np.concatenate(w_g), np.concatenate(w_l)
+def _weights(model, images_u8: np.ndarray, device, precision: str) -> tuple[np.ndarray, np.ndarray]:
+    """(w_g, w_l) as numpy, BATCH images at a time."""
+    _, w_g, w_l = predict(model, images_u8, device, precision, batch_size=BATCH)
+    return w_g.numpy(), w_l.numpy()
 
 
-def occlusion_drops(model, images_u8: np.ndarray, device, precision: str = "fp32") -> np.ndarray:
-    """(N, M, M): entry [i, j, k] is how much patch k's w_l falls when patch j of image i is
-    occluded (positive: it fell)."""
-    geom = model.geometry
-    _, clean = _weights(model, images_u8, device, precision)
+def occlusion_drops(model, images_u8: np.ndarray, clean_w_l: np.ndarray, device, precision: str = "fp32") -> np.ndarray:
+    """(N, M, M): entry [i, j, k] is how much patch k's w_l (`clean_w_l[i, k]` unoccluded)
+    falls when patch j of image i is occluded (positive: it fell)."""
     drops = []
-    for image, base in zip(images_u8, clean):
-        _, occluded = _weights(model, occluded_copies(image, geom), device, precision)
+    for image, base in zip(images_u8, clean_w_l):
+        _, occluded = _weights(model, occluded_copies(image, model.geometry), device, precision)
         drops.append(base[None, :] - occluded)
     return np.stack(drops)
 
@@ -123,7 +115,7 @@ def measure(model, images_u8: np.ndarray, regions: np.ndarray, device, precision
     try:
         geom = model.geometry
         areas = patch_areas(regions > 0, geom)
-        w_g, _ = _weights(model, images_u8, device, precision)
+        w_g, w_l = _weights(model, images_u8, device, precision)
         ratio, ceiling = crucial_mass_ratio(w_g, areas)
         result = {
             "images": int(len(images_u8)),
@@ -134,7 +126,7 @@ def measure(model, images_u8: np.ndarray, regions: np.ndarray, device, precision
         }
         if model.local_attention is None:  # w_l is 1 everywhere: nothing to measure
             return dict(result, occlusion_selectivity=None)
-        drops = occlusion_drops(model, images_u8[:occlusion_images], device, precision)
+        drops = occlusion_drops(model, images_u8[:occlusion_images], w_l[:occlusion_images], device, precision)
         own = np.diagonal(drops, axis1=1, axis2=2)
         others = (drops.sum(axis=2) - own) / (geom.num_patches - 1)
         own_mean, others_mean = float(own.mean()), float(others.mean())

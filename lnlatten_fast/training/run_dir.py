@@ -93,6 +93,14 @@ def append_epoch(run_dir: Path, record: dict) -> None:
         writer.writerow(record)
 
 
+def read_epochs(run_dir: Path) -> list[dict]:
+    """The records of metrics.jsonl, one per finished epoch ([] when there is none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def rewrite_metrics(run_dir: Path, history: list[dict]) -> None:
     """metrics.jsonl and metrics.csv exactly as `history` (the checkpoint's) says, each
     replaced atomically."""

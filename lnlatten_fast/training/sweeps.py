@@ -105,8 +105,9 @@ def parameter_count(config: LNLConfig) -> int:
         return count_parameters(LNLAttenNet(config))
 
 
-def collect(out: Path, sweep: str, seeds: list[int], configs: dict[str, LNLConfig]) -> list[dict]:
-    """One row per setting: its parameters and the finished seeds' accuracies (%)."""
+def collect(out: Path, sweep: str, seeds: list[int], parameters: dict[str, int]) -> list[dict]:
+    """One row per setting: its parameter count (`parameters`, by slug) and the finished seeds'
+    accuracies (%)."""
     rows = []
     for setting in SWEEPS[sweep][1]:
         accuracies, localizations = [], []
@@ -118,7 +119,7 @@ def collect(out: Path, sweep: str, seeds: list[int], configs: dict[str, LNLConfi
                 if "localization" in summary:
                     localizations.append(summary["localization"])
         mean, std = metrics.mean_std(accuracies) if accuracies else (math.nan, math.nan)
-        row = dict(setting=setting.name, slug=setting.slug, parameters=parameter_count(configs[setting.slug]),
+        row = dict(setting=setting.name, slug=setting.slug, parameters=parameters[setting.slug],
                    seeds=len(accuracies), accuracy_mean=mean, accuracy_std=std, accuracies=accuracies)
         for key in LOCALIZATION_COLUMNS:  # synthetic runs: how well w_g finds the cues, mean over seeds
             values = [found[key] for found in localizations if found.get(key) is not None]

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from .. import figures
 from ..data import labels
 from ..data.cache import ImageSet
 from ..data.pipeline import BatchLoader
@@ -274,7 +275,7 @@ def _prepare_run_dir(settings: TrainSettings, ctx: distributed.Context) -> Path:
 
 def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    metrics.plot_confusion(
+    figures.confusion_matrix(
         summary["confusion"], labels.CLASS_NAMES, run_dir / "confusion_matrix.png",
         f"{settings.dataset}, {settings.preset}/{settings.model.variant}: final epoch",
     )
