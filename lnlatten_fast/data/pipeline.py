@@ -2,8 +2,11 @@
 
 Images are already decoded and resized (see `cache`), so a batch is a slice of uint8 memory:
 it is gathered, moved to the device (pinned and non-blocking on CUDA, with the next batch
-prepared on a side thread), and only there turned into floats, flipped and cropped. Every
-random choice comes from a `torch.Generator` seeded per epoch, so a run is reproducible.
+prepared on a side thread and copied on a side stream while the current one trains), and only
+there turned into floats, flipped and cropped. Every random choice comes from a
+`torch.Generator` seeded per epoch, so a run is reproducible; the augmentation's draws come
+from a generator on the training device, so a step never waits for a host-to-device copy of
+random numbers.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["to_model_input", "augment", "BatchLoader"]
+__all__ = ["to_model_input", "augment", "device_batch", "BatchLoader"]
 
 MEAN, STD = 0.5, 0.5
 
@@ -26,23 +29,38 @@ def to_model_input(batch_u8: torch.Tensor) -> torch.Tensor:
     return x.mul_(1.0 / (255.0 * STD)).sub_(MEAN / STD)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, crop_padding: int) -> torch.Tensor:
-    """Random horizontal flip and random crop (pad by `crop_padding` by replication, crop back)."""
+def augment(x: torch.Tensor, generator: torch.Generator | None, crop_padding: int) -> torch.Tensor:
+    """Random horizontal flip and random crop (pad by `crop_padding` by replication, crop back).
+    The draws come from `generator`, which must live on x's device (None: that device's default
+    generator): random numbers made elsewhere would need a copy the host waits for."""
     batch, _, height, width = x.shape
     device = x.device
-    flip = torch.rand(batch, generator=generator, device=generator.device) < 0.5
-    x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator must be on the batch's device ({device.type}), got {generator.device}")
+    flip = torch.rand(batch, generator=generator, device=device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if crop_padding <= 0:
         return x
     span = 2 * crop_padding + 1
-    dy = torch.randint(span, (batch,), generator=generator, device=generator.device).to(device)
-    dx = torch.randint(span, (batch,), generator=generator, device=generator.device).to(device)
+    dy = torch.randint(span, (batch,), generator=generator, device=device)
+    dx = torch.randint(span, (batch,), generator=generator, device=device)
     padded = F.pad(x, (crop_padding,) * 4, mode="replicate")
     rows = (dy[:, None] + torch.arange(height, device=device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(width, device=device))[:, None, None, :]
     batch_idx = torch.arange(batch, device=device)[:, None, None, None]
     chan_idx = torch.arange(x.shape[1], device=device)[None, :, None, None]
     return padded[batch_idx, chan_idx, rows, cols].contiguous(memory_format=torch.channels_last)
+
+
+def device_batch(x_u8: torch.Tensor, y: torch.Tensor, device: torch.device, *, augment_batch: bool = False,
+                 generator: torch.Generator | None = None, crop_padding: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A host batch (uint8 (B, H, W, 3), int64 labels) as the model's input on `device`: copied
+    (non-blocking: pinned host memory makes it asynchronous), scaled to [-1, 1] channels-last,
+    and flipped and cropped with `generator`'s draws when `augment_batch`."""
+    x = to_model_input(x_u8.to(device, non_blocking=True))
+    if augment_batch:
+        x = augment(x, generator, crop_padding)
+    return x, y.to(device, non_blocking=True)
 
 
 class BatchLoader:
@@ -100,12 +118,46 @@ class BatchLoader:
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.epoch_seed)
         order = self._order(generator)
-        host_batches = self._prefetched(order) if self.device.type == "cuda" else map(self._host_batch, self._chunks(order))
-        for x_u8, y in host_batches:
-            x = to_model_input(x_u8.to(self.device, non_blocking=True))
-            if self.augment:
-                x = augment(x, generator, self.crop_padding)
-            yield x, y.to(self.device, non_blocking=True)
+        if self.device.type != "cuda":  # the CPU generator orders and augments, as it always did
+            for x_u8, y in map(self._host_batch, self._chunks(order)):
+                yield device_batch(x_u8, y, self.device, augment_batch=self.augment, generator=generator,
+                                   crop_padding=self.crop_padding)
+            return
+        draws = torch.Generator(device=self.device).manual_seed(self.epoch_seed)
+        yield from self._cuda_batches(self._prefetched(order), draws)
+
+    def _cuda_batches(self, host_batches, generator: torch.Generator):
+        """Copy batch k + 1 on a side stream while batch k trains: the compute stream only waits
+        for the copy it is about to read."""
+        copy_stream = torch.cuda.Stream(self.device)
+        compute = torch.cuda.current_stream(self.device)
+
+        def start_copy(batch):
+            x_u8, y = batch
+            with torch.cuda.stream(copy_stream):
+                copied = x_u8.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(copy_stream)
+            return copied, done
+
+        pending = None
+        for batch in host_batches:
+            copied = start_copy(batch)
+            if pending is not None:
+                yield self._finish(pending, compute, copy_stream, generator)
+            pending = copied
+        if pending is not None:
+            yield self._finish(pending, compute, copy_stream, generator)
+
+    def _finish(self, pending, compute, copy_stream, generator):
+        (x_u8, y), done = pending
+        compute.wait_event(done)  # this batch's copy only, not the next one's behind it
+        # Made on the copy stream, used on the compute stream: the allocator must not reuse
+        # them before the compute stream is done.
+        x_u8.record_stream(compute)
+        y.record_stream(compute)
+        return device_batch(x_u8, y, self.device, augment_batch=self.augment, generator=generator,
+                            crop_padding=self.crop_padding)
 
     def _prefetched(self, order: np.ndarray, depth: int = 2):
         """Gather and pin the next batches on a thread while the device works."""

@@ -44,14 +44,16 @@ def _follow_autocast(device: torch.device, *tensors):
 
 
 def _conv_key(x: torch.Tensor, weight: torch.Tensor, bias, *flags) -> tuple:
-    """What `auto`'s measured conv choice depends on: the per-image input shape (the batch is
-    left out, so a last partial batch or a dynamic batch dimension reuses the choice), the
-    weight shape, bias or not, dtype, whether a backward follows, and the op's flags.
-    Only ints, bools and a dtype, so torch.compile(fullgraph=True) traces the lookup."""
+    """What `auto`'s measured conv choice depends on: the per-image input shape, the batch size
+    rounded up to a power of two (evaluation and single-image inference get a choice measured at
+    their own size, while a last partial batch reuses its full batch's), the weight shape, bias
+    or not, dtype, whether a backward follows, and the op's flags. Only ints, bools and a dtype,
+    so torch.compile(fullgraph=True) traces the lookup."""
     grad = torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
-    return (tuple(x.shape[1:]), tuple(weight.shape), bias is not None, x.dtype, grad, *flags)
+    batch_bucket = 1 << max(0, int(x.shape[0]) - 1).bit_length()
+    return (tuple(x.shape[1:]), batch_bucket, tuple(weight.shape), bias is not None, x.dtype, grad, *flags)
 
 
 def _run_for_timing(fn, inputs):

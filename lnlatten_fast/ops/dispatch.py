@@ -23,7 +23,7 @@ from .registry import DEVICE_TYPES
 
 __all__ = [
     "BackendStatus", "availability", "backends", "resolve_name", "implementation",
-    "conv_backend", "measured_choices", "conv_candidates",
+    "conv_backend", "measured_choices", "conv_candidates", "DeviceFaultError", "is_device_fault",
 ]
 
 
@@ -121,7 +121,10 @@ def measured_choices() -> dict[tuple, str]:
 
 
 def _time_once(fn, device: torch.device, repeats: int = 3) -> float:
-    """Seconds per call of fn() on a CUDA device."""
+    """Seconds per call of fn() on a CUDA device. Synchronises first (a fault of work queued
+    earlier is not this candidate's) and before returning (this candidate's faults surface here,
+    while it is the one being timed)."""
+    torch.cuda.synchronize(device)
     fn()  # warm-up: compilation and cuDNN's algorithm search are not what we compare
     torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -131,6 +134,24 @@ def _time_once(fn, device: torch.device, repeats: int = 3) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+# A CUDA error that poisons the context: every later call fails too, so no other candidate can
+# be timed after it and the process cannot go on. (A launch that fails cleanly, e.g. "no kernel
+# image is available", leaves the context usable: that candidate is dropped instead.)
+_STICKY_FAULTS = (
+    "illegal memory access", "misaligned address", "device-side assert", "unspecified launch failure",
+    "illegal instruction", "hardware stack error", "an illegal address",
+)
+
+
+class DeviceFaultError(RuntimeError):
+    """A conv candidate faulted on the device while `auto` timed it."""
+
+
+def is_device_fault(error: BaseException) -> bool:
+    text = str(error).lower()
+    return any(fault in text for fault in _STICKY_FAULTS)
+
+
 def conv_backend(op: str, key: tuple, device: torch.device, run, timer=_time_once) -> str:
     """The conv backend `auto` uses for this shape: measured once, then remembered.
 
@@ -138,6 +159,9 @@ def conv_backend(op: str, key: tuple, device: torch.device, run, timer=_time_onc
     `name`. Off CUDA, or while torch.compile traces, nothing is timed: what eager calls measured
     before holds, else the static order. A candidate that raises while being timed is dropped
     with a warning (one broken backend must not take the model down); if all do, `reference`.
+    A device-side fault (an illegal address, say) cannot be dropped: it poisons the CUDA
+    context, so it raises DeviceFaultError naming the candidate, the op and the backend that
+    avoids it.
     """
     full_key = (op, *key)
     if device.type != "cuda" or torch.compiler.is_compiling():
@@ -152,6 +176,13 @@ def conv_backend(op: str, key: tuple, device: torch.device, run, timer=_time_onc
                 try:
                     seconds[name] = timer(lambda: run(name), device)
                 except Exception as error:  # noqa: BLE001 - any failure disqualifies it alike
+                    if is_device_fault(error):
+                        others = [other for other in usable if other != name] + ["reference"]
+                        raise DeviceFaultError(
+                            f"backend 'auto' was timing {name!r} for {op} (shape {key[0]}) when the device "
+                            f"faulted: {error}. The CUDA context cannot be used after this; run again with "
+                            f"backend {others[0]!r} (--backend {others[0]}) to avoid {name!r}"
+                        ) from error
                     warnings.warn(
                         f"backend 'auto' dropped {name!r} for {op} {key}: it raised "
                         f"{type(error).__name__}: {error}",

@@ -98,6 +98,41 @@ def test_auto_drops_a_candidate_that_raises_with_a_warning(monkeypatch):
     assert len(caught) == 2  # one warning per dropped candidate
 
 
+def test_auto_stops_at_a_device_fault_naming_the_candidate_and_the_way_around(monkeypatch):
+    """An illegal address poisons the CUDA context: dropping the candidate and timing the next
+    one would fail anyway, so `auto` stops and says which candidate, which op, and which backend
+    avoids it; the fault is not remembered as a choice."""
+    monkeypatch.setattr(dispatch, "_MEASURED", {})
+    monkeypatch.setattr(dispatch, "availability", lambda name, dev: (True, "test"))
+    timed = []
+
+    def timer(fn, device):
+        name = fn()
+        timed.append(name)
+        if name == "triton":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return 1.0
+
+    key = ((16, 8, 10, 10), 64, (16, 8, 8, 3, 3), True, torch.bfloat16, True, True, False)
+    with pytest.raises(dispatch.DeviceFaultError, match=r"timing 'triton' for grouped_conv3x3.*--backend native"):
+        dispatch.conv_backend("grouped_conv3x3", key, torch.device("cuda"), lambda name: name, timer)
+    assert timed == ["triton"]  # nothing ran on the poisoned context after the fault
+    assert dispatch.measured_choices() == {}
+    assert dispatch.is_device_fault(RuntimeError("CUDA error: misaligned address"))
+    assert not dispatch.is_device_fault(RuntimeError("CUDA error: no kernel image is available"))
+
+
+def test_the_conv_choice_is_measured_per_batch_size_bucket():
+    """Evaluation (and B = 1 inference) get their own measurement; a last partial batch shares
+    its full batch's."""
+    from lnlatten_fast.ops import _conv_key
+
+    weight = torch.zeros(4, 8, 8, 3, 3)
+    key = lambda batch: _conv_key(torch.zeros(batch, 4, 8, 6, 6), weight, None)  # noqa: E731
+    assert key(64) == key(60) != key(1)
+    assert key(64) != key(128)
+
+
 def test_compiled_graph_uses_the_choice_measured_eagerly(monkeypatch):
     """While torch.compile traces, nothing is timed: a shape measured by an eager call keeps its
     winner; an unmeasured one falls back to the static order."""
