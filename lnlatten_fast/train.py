@@ -84,8 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "RUN/attention_trace.npz (0: no trace)")
     run.add_argument("--trace-images", type=int, default=d.trace_images, help="probe images in the attention trace")
     run.add_argument("--compile", action="store_true",
-                     help="torch.compile(fullgraph=True) the training step (on CUDA, auto's conv "
-                          "choices are measured eagerly first)")
+                     help="forward, loss, backward and the AdamW update as one torch.compile(fullgraph=True) "
+                          "graph, compiled before the first epoch's clock (on CUDA, auto's conv choices are "
+                          "measured eagerly first)")
+    run.add_argument("--cuda-graphs", action="store_true",
+                     help="with --compile on CUDA: capture the compiled step in a CUDA graph and replay it "
+                          "(one launch cost per step instead of one per kernel)")
+    run.add_argument("--deterministic", action="store_true",
+                     help="cuDNN's deterministic algorithms and no autotuning (default: cudnn.benchmark picks "
+                          "the fastest algorithm for the fixed training shapes)")
     return p
 
 
@@ -98,7 +105,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 def resumed_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> TrainSettings:
     """--resume: the run's own settings (from its checkpoint); a flag given on this command line
     may only repeat them, except --epochs, --device, --workers, --out (and --cache-dir,
-    --compile, which change neither the data nor the math)."""
+    --compile, --cuda-graphs, --deterministic and the trace flags, which change neither the data
+    nor the math)."""
     given = cli.given_flags(parser, sys.argv[1:] if argv is None else argv) - set(cli.MODEL_FLAGS)
     changes = {name: getattr(args, name) for name in given}
     changes.update(cli.model_overrides(args))

@@ -51,6 +51,14 @@ def test_run_directory_holds_every_artefact(finished_run):
         payload = torch.load(out / name, weights_only=True)
         assert payload["config"]["image_size"] == 32 and "model" in payload
     assert "test accuracy" in (out / "summary.md").read_text()
+    # The background writer: each epoch says how long the loop waited for its checkpoint, and
+    # last.pt's history is the metrics file's, field for field.
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= line["checkpoint_blocking_seconds"] < 60 for line in lines)
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["history"] == lines
+    assert set(last["rng"]) >= {"cpu"}  # every device's generator (see checkpoint.rng_state)
+    assert written["warmup_seconds"] == 0.0  # CPU eager: nothing to warm up before epoch 1
 
 
 def test_same_seed_gives_identical_metrics(finished_run, tmp_path):
@@ -156,7 +164,7 @@ def test_cli_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--dataset", "--data-root", "--preset", "--epochs", "--batch-size", "--lr", "--variant",
                  "--alpha", "--num-patches", "--overlap", "--backend", "--device", "--seed", "--out",
-                 "--resume", "--workers", "--compile", "--folds", "--precision"):
+                 "--resume", "--workers", "--compile", "--cuda-graphs", "--deterministic", "--folds", "--precision"):
         assert flag in text
 
 
@@ -223,7 +231,7 @@ def as_format_1(path, l2_lambda):
     payload = torch.load(path, weights_only=True)
     settings = dict(payload["settings"])
     model = settings.pop("model")
-    for later in ("strict", "trace_every", "trace_images", "synthetic_occlusion"):  # added after format 1
+    for later in ("strict", "trace_every", "trace_images", "synthetic_occlusion", "cuda_graphs", "deterministic"):  # added after format 1
         settings.pop(later)
     settings.update({name: model[name] for name in ("variant", "alpha", "num_patches", "overlap", "image_size", "backend")})
     settings["l2_lambda"] = l2_lambda
@@ -311,29 +319,6 @@ def test_ddp_two_processes_on_gloo(tmp_path):
     # every test image counted once across the two ranks
     assert sum(map(sum, summary["confusion"])) == 21
     assert evaluate_cli.main(["--checkpoint", str(out / "last.pt"), "--json"]) == 0
-
-
-def test_eager_measurement_before_compile_leaves_model_and_rng_as_found():
-    """--compile on CUDA first runs one eager step so `auto` can time its conv candidates; that
-    step must not change the weights, leave gradients behind or shift the RNG stream (the
-    training run stays the one the seed defines)."""
-    import numpy as np
-
-    import lnlatten_fast as lf
-    from lnlatten_fast.data.cache import ImageSet
-    from lnlatten_fast.training.trainer import _measure_conv_choices
-
-    torch.manual_seed(0)
-    model = lf.LNLAttenNet(lf.LNLConfig.tiny(image_size=32, dropout=0.5))
-    images = ImageSet(np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8),
-                      np.arange(5) % 7)
-    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    rng = torch.get_rng_state()
-    _measure_conv_choices(model, images, batch_size=4, precision="bf16", device=torch.device("cpu"))
-    assert torch.equal(torch.get_rng_state(), rng)  # dropout drew inside a forked stream
-    for name, p in model.named_parameters():
-        assert p.grad is None, name
-        assert torch.equal(p, weights[name]), name
 
 
 def test_attention_trace_records_probes_and_survives_resume(finished_run, tmp_path):

@@ -26,9 +26,10 @@ __all__ = [
 ]
 
 # What may differ when a run is resumed: how long, where and how fast it trains, never what.
-# (cache_dir, compile and the attention trace change neither the data nor the math; resume and
-# out name the run.)
-RESUMABLE_CHANGES = ("epochs", "device", "workers", "out", "resume", "cache_dir", "compile", "trace_every", "trace_images")
+# (cache_dir, compile, CUDA graphs, cuDNN's algorithm choice and the attention trace change neither
+# the data nor the math; resume and out name the run.)
+RESUMABLE_CHANGES = ("epochs", "device", "workers", "out", "resume", "cache_dir", "compile", "cuda_graphs",
+                     "deterministic", "trace_every", "trace_images")
 
 
 # ---- lock ---------------------------------------------------------------------------------------

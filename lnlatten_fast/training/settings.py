@@ -23,7 +23,7 @@ from .precision import check_precision
 __all__ = ["TrainSettings", "L2_MODES"]
 
 # "decoupled": W <- W - lr·2λ·W outside Adam (AdamW); "loss": λ·Σ‖W‖² in the loss (eq. 3 as
-# written). See trainer._optimizer.
+# written). See trainer.fit.
 L2_MODES = ("decoupled", "loss")
 
 
@@ -43,7 +43,9 @@ class TrainSettings:
     out: str | None = None
     resume: bool = False
     workers: int = 0
-    compile: bool = False
+    compile: bool = False  # forward, loss, backward and AdamW as one torch.compile graph (step.py)
+    cuda_graphs: bool = False  # capture the compiled step in a CUDA graph and replay it (needs compile, CUDA)
+    deterministic: bool = False  # cuDNN's deterministic algorithms, no autotuning (cudnn.benchmark off)
     precision: str = "auto"  # PRECISIONS
     folds: int | None = None  # None: 5 for CK+, else the dataset's own train/test split
     val_fraction: float = 0.0
@@ -87,6 +89,8 @@ class TrainSettings:
         for name in ("trace_every", "trace_images"):
             if getattr(self, name) < 0:
                 raise ParameterError(name, f"must be >= 0 (0: no attention trace), got {getattr(self, name)}")
+        if self.cuda_graphs and not self.compile:
+            raise ParameterError("cuda_graphs", "needs compile: the graph it captures is the compiled step's")
         if self.workers < 0:
             raise ParameterError("workers", f"must be >= 0, got {self.workers}")
         if self.folds is not None and self.folds != 0 and self.folds < 2:

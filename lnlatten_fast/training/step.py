@@ -29,7 +29,7 @@ from ..model import lnl_loss
 from ..nn import regularized_weights
 from .precision import autocast
 
-__all__ = ["build_optimizer", "TrainStep", "fused_adamw_available"]
+__all__ = ["build_optimizer", "TrainStep", "fused_adamw_available", "current_lr", "use_tensor_lr", "init_optimizer_state"]
 
 
 def fused_adamw_available(device: torch.device) -> bool:
@@ -58,6 +58,17 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, *, f
     groups = [{"params": weights, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=torch.tensor(lr, dtype=torch.float32) if tensor_lr else lr,
                              fused=fused or None, foreach=None if fused else True)
+
+
+def use_tensor_lr(optimizer: torch.optim.Optimizer, tensor: bool) -> None:
+    """Each group's lr as a 0-d tensor (`tensor`) or a float, keeping its value: a loaded
+    state_dict brings the kind the saved run used."""
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        if tensor and not torch.is_tensor(lr):
+            group["lr"] = torch.tensor(float(lr), dtype=torch.float32)
+        elif not tensor and torch.is_tensor(lr):
+            group["lr"] = float(lr.item())
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -105,12 +116,14 @@ class TrainStep:
     `model` is the LNLAttenNet (its regularised weights and config); `forward_model` what runs
     the forward (a DistributedDataParallel wrapper under torchrun; default `model`).
     `loss_l2`: λ of the L2 term added to the loss (0 with the decoupled weight decay).
+    `loss_fn(logits, target, model, l2_lambda=...)`: eq. 3 (`lnl_loss`) unless given.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, precision: str,
                  device: torch.device, loss_l2: float = 0.0, compile: bool = False, cuda_graphs: bool = False,
-                 forward_model: torch.nn.Module | None = None):
+                 forward_model: torch.nn.Module | None = None, loss_fn=lnl_loss):
         self.model, self.optimizer = model, optimizer
+        self.loss_fn = loss_fn
         self.precision, self.device = precision, torch.device(device)
         self.loss_l2 = loss_l2
         self.forward_model = model if forward_model is None else forward_model
@@ -138,7 +151,7 @@ class TrainStep:
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with autocast(self.precision, self.device):
             logits = self.forward_model(x).logits
-        loss = lnl_loss(logits.float(), y, self.model, l2_lambda=self.loss_l2)
+        loss = self.loss_fn(logits.float(), y, self.model, l2_lambda=self.loss_l2)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -148,7 +161,7 @@ class TrainStep:
     def _compiled_body(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with autocast(self.precision, self.device):
             logits = self.model(x).logits
-        loss = lnl_loss(logits.float(), y, self.model, l2_lambda=self.loss_l2)
+        loss = self.loss_fn(logits.float(), y, self.model, l2_lambda=self.loss_l2)
         for p in self.model.parameters():
             p.grad = None
         loss.backward()

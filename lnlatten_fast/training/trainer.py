@@ -32,6 +32,7 @@ from . import checkpoint, distributed, localization, metrics, run_dir as runs
 from .evaluation import evaluate
 from .loading import load_data, load_test_regions
 from .precision import autocast, resolve_precision
+from .step import TrainStep, build_optimizer, current_lr, use_tensor_lr
 from .settings import TrainSettings
 from .telemetry import GpuMonitor
 from .trace import AttentionTrace
@@ -71,24 +72,19 @@ def _all_finite(model: torch.nn.Module) -> bool:
     return bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
 
 
-# ---- one training run ---------------------------------------------------------------------
-def _optimizer(model: LNLAttenNet, settings: TrainSettings) -> torch.optim.Optimizer:
-    """Adam, with eq. 3's L2 term on the conv and linear weights (not biases).
-
-    "loss" adds λ·Σ‖W‖² to the loss as eq. 3 writes it. With Adam that collapses this network
-    from Xavier init: the cross-entropy gradient of the deep layers starts tiny (activations
-    shrink through each Xavier-initialised ReLU layer), Adam normalises the larger L2 gradient
-    into full-size steps toward zero, and the weights die before anything is learned (measured:
-    chance accuracy after 80 steps with the term, learning without it). "decoupled" (default)
-    applies the same per-step shrinkage SGD would get from that term, W <- W - lr·2λ·W, outside
-    Adam's normalisation (AdamW with weight_decay = 2λ).
-    """
-    weights = model.regularized_weights()
-    ids = {id(p) for p in weights}
-    others = [p for p in model.parameters() if id(p) not in ids]
-    decay = 2 * settings.model.l2_lambda if settings.l2_mode == "decoupled" else 0.0
-    groups = [{"params": weights, "weight_decay": decay}, {"params": others, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=settings.lr)
+# ---- one training run ----------------------------------------------------------------------
+@contextlib.contextmanager
+def _cudnn_autotuning(settings: TrainSettings, device: torch.device):
+    """cudnn.benchmark for the fixed training shapes (its search happens in the warm-up), or
+    cuDNN's deterministic algorithms under `deterministic`; torch's flags restored after."""
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not settings.deterministic
+        torch.backends.cudnn.deterministic = settings.deterministic
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
 
 
 def fit(
@@ -105,7 +101,13 @@ def fit(
     torch.manual_seed(settings.seed)
     model = LNLAttenNet(cfg).to(ctx.device).channels_last()
     backend_used = resolve_name(cfg.backend, ctx.device)
-    optimizer = _optimizer(model, settings)
+    # "decoupled" (default): eq. 3's L2 term as AdamW's weight decay 2λ on the conv and linear
+    # weights. "loss" adds λ·Σ‖W‖² to the loss as eq. 3 writes it; with Adam that collapses this
+    # network from Xavier init (the deep layers' cross-entropy gradient starts tiny, Adam
+    # normalises the larger L2 gradient into full-size steps toward zero; measured: chance
+    # accuracy after 80 steps with the term, learning without it).
+    decay = 2 * cfg.l2_lambda if settings.l2_mode == "decoupled" else 0.0
+    optimizer = build_optimizer(model, settings.lr, decay, tensor_lr=settings.compile)
     loss_l2 = cfg.l2_lambda if settings.l2_mode == "loss" else 0.0
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_decay)
     history: list[dict] = []
@@ -114,9 +116,10 @@ def fit(
         state = checkpoint.load(last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        use_tensor_lr(optimizer, settings.compile)  # the saved run may have been compiled or not
         scheduler.load_state_dict(state["scheduler"])
         history = list(state["history"])
-        torch.set_rng_state(state["rng"])
+        checkpoint.restore_rng_state(state["rng"])  # every device's: dropout on CUDA draws there
     if settings.resume and ctx.is_main:
         # The checkpoint is the truth: the metrics files say what it says (a kill between two
         # writes may have left them an epoch ahead or behind).
@@ -126,19 +129,26 @@ def fit(
     precision = resolve_precision(settings.precision, ctx.device)
     crop = settings.crop_padding if settings.crop_padding is not None else cfg.image_size // 16
     sampler = DistributedSampler(range(len(train_set)), ctx.world_size, ctx.rank, shuffle=True, seed=settings.seed)
-    step_model = model
+    forward_model = model
     if ctx.distributed:
-        step_model = torch.nn.parallel.DistributedDataParallel(model)
-    if settings.compile:
-        if ctx.device.type == "cuda" and cfg.backend == "auto":
-            _measure_conv_choices(model, train_set, settings.batch_size, precision, ctx.device)
-        # One graph, as SPEC asks; DDP's own graph splitting is not a break it could refuse.
-        step_model = torch.compile(step_model, fullgraph=not ctx.distributed)
+        forward_model = torch.nn.parallel.DistributedDataParallel(model)
+        if settings.compile:  # DDP's hooks split the graph: the forward is compiled alone
+            forward_model = torch.compile(forward_model)
+    train_step = TrainStep(model, optimizer, precision=precision, device=ctx.device, loss_l2=loss_l2,
+                           compile=settings.compile and not ctx.distributed,
+                           cuda_graphs=settings.cuda_graphs and not ctx.distributed, forward_model=forward_model,
+                           loss_fn=lnl_loss)
 
     best = max((h["test_accuracy"] for h in history), default=-1.0)
     trace = AttentionTrace(run_dir, test_set, settings.trace_every if ctx.is_main else 0, settings.trace_images,
                            ctx.device, len(history))
-    with GpuMonitor(ctx.device) as monitor:  # NVML samples in a thread, on CUDA only
+    warmup_seconds = 0.0
+    with _cudnn_autotuning(settings, ctx.device), checkpoint.CheckpointWriter() as writer, \
+            GpuMonitor(ctx.device) as monitor:  # NVML samples in a thread, on CUDA only
+        if len(history) < settings.epochs and (ctx.device.type == "cuda" or settings.compile):
+            warmup_seconds = _warm_up(train_step, model, train_set, test_set, settings, precision, crop, ctx)
+            if ctx.is_main:
+                tqdm.write(f"warm-up (conv choices, kernel JIT, compile) {warmup_seconds:.1f} s, before epoch 1's clock")
         for epoch in range(len(history), settings.epochs):
             sampler.set_epoch(epoch)
             loader = BatchLoader(
@@ -152,18 +162,13 @@ def fit(
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not ctx.is_main,
                        leave=False, dynamic_ncols=True)
             window: list[torch.Tensor] = []  # losses not yet checked for NaN/inf
-            lr = optimizer.param_groups[0]["lr"]
+            lr = current_lr(optimizer)
             step = 0
             for step, (x, y) in enumerate(bar, start=1):
-                with autocast(precision, ctx.device):
-                    logits = step_model(x).logits
-                loss = lnl_loss(logits.float(), y, model, l2_lambda=loss_l2)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum[0] += loss.detach().double() * len(y)
+                loss = train_step(x, y)  # no host sync: the loss stays on the device
+                loss_sum[0] += loss.double() * len(y)
                 loss_sum[1] += len(y)
-                window.append(loss.detach().float())
+                window.append(loss)
                 trace.maybe_record(model, epoch + 1, step, len(loader), precision, ctx.device)
                 if step % DIVERGENCE_CHECK_EVERY == 0:  # .item() waits for the device: not every step
                     _check_losses(window, step - len(window) + 1, epoch + 1, lr, run_dir, len(history))
@@ -182,7 +187,7 @@ def fit(
                 "train_loss": loss_sum[0].item() / max(loss_sum[1].item(), 1),
                 "test_accuracy": test["accuracy"],
                 "test_mean_class_accuracy": test["mean_class_accuracy"],
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": current_lr(optimizer),
                 "train_seconds": train_seconds,
                 "images_per_second": loss_sum[1].item() / train_seconds,
                 "confusion": test["confusion"],
@@ -193,21 +198,10 @@ def fit(
                 record["gpu"] = monitor.summary(reset=True)
             history.append(record)
             if ctx.is_main:
-                payload = dict(
-                    model=model.state_dict(), config=cfg.to_dict(), settings=settings.to_dict(),
-                    epoch=epoch + 1, test_accuracy=test["accuracy"], class_names=list(labels.CLASS_NAMES),
-                    fold=fold,
-                )
                 selection = record.get("val_accuracy", test["accuracy"])
-                if selection > best:
-                    best = selection
-                    checkpoint.save_atomic(payload, best_path)
-                checkpoint.save_atomic(
-                    dict(payload, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         history=history, rng=torch.get_rng_state()),
-                    last_path,
-                )
-                runs.append_epoch(run_dir, record)  # after the checkpoint: never an epoch it lacks
+                improved = selection > best
+                best = max(best, selection)
+                _save_epoch(writer, model, optimizer, scheduler, history, settings, test, fold, run_dir, improved)
                 trace.save()
                 tqdm.write(
                     f"epoch {epoch + 1:3d}  loss {record['train_loss']:.4f}  test acc {test['accuracy']:.4f}  "
@@ -215,24 +209,66 @@ def fit(
                     + (f"  peak {record['gpu']['torch_max_memory_allocated_bytes'] / 2**30:.1f} GiB" if "gpu" in record else "")
                 )
     summary = summarize(history, settings, backend_used, precision)
+    summary["warmup_seconds"] = warmup_seconds
     regions = load_test_regions(settings, cfg.image_size) if ctx.is_main and fold is None else None
     if regions is not None:  # the synthetic faces know where their cues are: measure it
         summary["localization"] = localization.measure(model, test_set.images, regions, ctx.device, precision)
     return summary
 
 
-def _measure_conv_choices(model, images: ImageSet, batch_size: int, precision: str, device) -> None:
-    """One eager forward + backward at the training shape, before torch.compile traces: `auto`
-    times its conv candidates only in eager calls, so the compiled graph gets the measured
-    winners instead of the static order. Weights, gradients and RNG streams are left as found."""
-    count = min(batch_size, len(images))
-    loader = BatchLoader(images.images, images.labels, np.arange(count), count, device)
-    x, _ = next(iter(loader))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        with autocast(precision, device):
-            logits = model(x).logits
-        logits.float().sum().backward()
-    model.zero_grad(set_to_none=True)
+def _save_epoch(writer: checkpoint.CheckpointWriter, model, optimizer, scheduler, history: list[dict],
+                settings: TrainSettings, test: dict, fold: int | None, run_dir: Path, improved: bool) -> None:
+    """last.pt (and best.pt when the selection accuracy improved) of the epoch just finished,
+    written by the background writer; the epoch's metrics line is appended only once last.pt is
+    on disk, so a kill at any moment resumes to exactly the history the files show.
+
+    The training loop waits only for the previous epoch's files (long written by now, as a rule)
+    and for one copy of the state into host memory: `checkpoint_blocking_seconds` in the record."""
+    record = history[-1]
+    started = time.perf_counter()
+    writer.wait()
+    payload = dict(
+        model=model.state_dict(), config=settings.model.to_dict(), settings=settings.to_dict(),
+        epoch=record["epoch"], test_accuracy=test["accuracy"], class_names=list(labels.CLASS_NAMES), fold=fold,
+    )
+    last = writer.snapshot(
+        dict(payload, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), history=history,
+             rng=checkpoint.rng_state()),
+        last_path := run_dir / "last.pt",
+    )
+    blocked = time.perf_counter() - started
+    record["checkpoint_blocking_seconds"] = blocked
+    last.payload["history"][-1]["checkpoint_blocking_seconds"] = blocked  # the snapshot's copy says it too
+    best = last.subset(payload) if improved else None
+    line = dict(record)
+    # The writer is idle (waited for above), so handing the job over does not block.
+    writer.submit(last, last_path, best=best, best_path=run_dir / "best.pt" if improved else None,
+                  after=lambda: runs.append_epoch(run_dir, line))
+
+
+def _warm_up(train_step: TrainStep, model, train_set: ImageSet, test_set: ImageSet, settings: TrainSettings,
+             precision: str, crop: int, ctx: distributed.Context) -> float:
+    """What the first steps would otherwise pay inside epoch 1's clock, paid before it: a
+    training step at the training shape (auto's conv timing, the Triton JIT, compile, cuDNN's
+    search, graph capture; weights, optimizer and RNG left as found) and an evaluation forward at
+    the evaluation batch (auto measures its conv choice there separately)."""
+    start = time.perf_counter()
+    count = min(settings.batch_size, len(train_set))
+    loader = BatchLoader(train_set.images, train_set.labels, np.arange(count), count, ctx.device,
+                         augment=True, crop_padding=crop, epoch_seed=settings.seed)
+    x, y = next(iter(loader))
+    train_step.warm_up(x, y)
+    count = min(settings.batch_size, len(test_set))
+    if count:
+        loader = BatchLoader(test_set.images, test_set.labels, np.arange(count), count, ctx.device)
+        x, _ = next(iter(loader))
+        model.eval()
+        with torch.no_grad(), autocast(precision, ctx.device):
+            model(x)
+        model.train()
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    return time.perf_counter() - start
 
 
 def summarize(history: list[dict], settings: TrainSettings, backend: str, precision: str) -> dict:
