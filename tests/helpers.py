@@ -65,7 +65,7 @@ def micro_config(backend: str, **changes) -> lf.LNLConfig:
 
 # ---- small training runs -------------------------------------------------------------------
 #: Per-epoch fields that measure the machine, not the run: left out when histories are compared.
-WALL_CLOCK = {"train_seconds", "images_per_second", "checkpoint_blocking_seconds"}
+WALL_CLOCK = {"train_seconds", "test_seconds", "images_per_second", "checkpoint_blocking_seconds"}
 
 
 def small_settings(out, **changes):

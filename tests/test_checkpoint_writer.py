@@ -360,3 +360,19 @@ def test_non_finite_cuda_weights_are_refused_at_snapshot_time(tmp_path):
     state = {"w": torch.tensor([1.0, float("nan")], device="cuda"), "b": torch.ones(2, device="cuda")}
     with pytest.raises(ValueError, match=r"refusing to save .*last\.pt: non-finite values in w$"):
         checkpoint.snapshot({"model": state}, tmp_path / "last.pt")
+
+
+def test_snapshots_reuse_the_previous_host_buffers_and_still_copy():
+    """A writer's second snapshot copies into the first one's host tensors (no fresh pages),
+    with the new values; a tensor whose shape changed gets a new buffer."""
+    weight, moment = torch.ones(4, 3), torch.zeros(5)
+    buffers: dict = {}
+    first = checkpoint.snapshot({"model": {"w": weight}, "optimizer": {"m": moment}}, buffers=buffers)
+    first_ptrs = (first.payload["model"]["w"].data_ptr(), first.payload["optimizer"]["m"].data_ptr())
+    weight.add_(1)
+    second = checkpoint.snapshot({"model": {"w": weight}, "optimizer": {"m": torch.zeros(6)}}, buffers=buffers)
+    assert second.payload["model"]["w"].data_ptr() == first_ptrs[0]
+    assert torch.equal(second.payload["model"]["w"], torch.full((4, 3), 2.0))
+    assert second.payload["model"]["w"].data_ptr() != weight.data_ptr()  # still a copy
+    assert second.payload["optimizer"]["m"].shape == (6,)
+    assert second.payload["optimizer"]["m"].data_ptr() != first_ptrs[1]

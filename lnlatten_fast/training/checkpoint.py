@@ -10,7 +10,9 @@ flat keys of the model before lnlatten_fast.nn (`model.migrate_state_dict`), are
 
 During training the files are written off the training thread: `snapshot` copies a payload to
 host memory at an epoch's end, and a `CheckpointWriter` writes the copies in the background
-while the next epoch trains.
+while the next epoch trains. `CheckpointWriter.start_snapshot` takes the copy itself on a
+background thread too, while the epoch's evaluation (which reads the weights, never writes them)
+runs; the loop waits only if the copy is not done when evaluation is.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ import torch
 from ..model import migrate_state_dict
 
 __all__ = [
-    "FORMAT", "save_atomic", "load", "Snapshot", "snapshot", "CheckpointWriter", "rng_state", "restore_rng_state",
+    "FORMAT", "save_atomic", "load", "Snapshot", "snapshot", "CheckpointWriter", "PendingSnapshot", "rng_state",
+    "restore_rng_state",
 ]
 
 FORMAT = "lnlatten_fast/2"
@@ -121,19 +124,24 @@ class Snapshot:
         return Snapshot({key: self.payload[key] for key in keys})
 
 
-def snapshot(payload: dict, path: Path | None = None) -> Snapshot:
+def snapshot(payload: dict, path: Path | None = None, buffers: dict | None = None) -> Snapshot:
     """Copy every tensor of `payload` (nested dicts, lists and tuples) once into host memory,
     so training may go on changing the originals while the copy is written.
 
     CUDA tensors go to pinned memory with asynchronous copies and one stream sync per device;
-    CPU tensors are cloned. A tensor reached twice (tied weights) is copied once and stays
+    CPU tensors are copied. A tensor reached twice (tied weights) is copied once and stays
     shared. Containers are copied too; other values are kept (numbers and strings cannot change).
     Refuses a model (`payload["model"]`) with a NaN or infinite weight, as `save_atomic` does,
-    naming `path` (the file the snapshot is for) when given."""
+    naming `path` (the file the snapshot is for) when given.
+
+    `buffers` (a dict the caller keeps between snapshots) holds the previous snapshot's host
+    tensors by their place in the payload; one that still fits is copied into instead of
+    allocating anew (fresh host memory costs a page fault per page, and pinned memory a driver
+    call: more than the copy itself). The caller must be done with the previous snapshot."""
     copies: dict[tuple, torch.Tensor] = {}
     devices_to_sync: set[torch.device] = set()
 
-    def host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    def host_copy(tensor: torch.Tensor, place: tuple) -> torch.Tensor:
         # Keyed by the memory viewed, not the object: state_dict() detaches a tied weight into a
         # new tensor under each of its names. (`payload` keeps the originals alive meanwhile, so
         # no address or id is reused.)
@@ -142,23 +150,26 @@ def snapshot(payload: dict, path: Path | None = None) -> Snapshot:
         else:
             key = (id(tensor),)
         if key not in copies:
-            copies[key] = _copy_to_host(tensor.detach(), devices_to_sync)
+            old = buffers.get(place) if buffers is not None else None
+            copies[key] = _copy_to_host(tensor.detach(), devices_to_sync, old)
+            if buffers is not None:
+                buffers[place] = copies[key]
         return copies[key]
 
-    def copy_tree(value):
+    def copy_tree(value, place: tuple):
         if isinstance(value, torch.Tensor):
-            return host_copy(value)
+            return host_copy(value, place)
         if isinstance(value, dict):
             copied = collections.OrderedDict() if isinstance(value, collections.OrderedDict) else {}
-            copied.update((key, copy_tree(item)) for key, item in value.items())
+            copied.update((key, copy_tree(item, (*place, key))) for key, item in value.items())
             if isinstance(value, collections.OrderedDict) and vars(value):
                 # A state_dict's `_metadata` (module versions) rides on the OrderedDict itself.
                 vars(copied).update(copy.deepcopy(vars(value)))
             return copied
         if isinstance(value, list):
-            return [copy_tree(item) for item in value]
+            return [copy_tree(item, (*place, i)) for i, item in enumerate(value)]
         if type(value) is tuple:
-            return tuple(copy_tree(item) for item in value)
+            return tuple(copy_tree(item, (*place, i)) for i, item in enumerate(value))
         return value
 
     model = payload.get("model") or {}
@@ -170,7 +181,7 @@ def snapshot(payload: dict, path: Path | None = None) -> Snapshot:
             weights_by_device.setdefault(tensor.device, []).append(tensor.detach())
     finite_flags = [_copy_to_host(torch.stack([t.isfinite().all() for t in weights]).all(), devices_to_sync)
                     for weights in weights_by_device.values()]
-    copied = copy_tree(payload)
+    copied = copy_tree(payload, ())
     for device in devices_to_sync:  # the one wait for the device: every copy above is then done
         torch.cuda.current_stream(device).synchronize()
     if not all(bool(flag) for flag in finite_flags):
@@ -178,16 +189,19 @@ def snapshot(payload: dict, path: Path | None = None) -> Snapshot:
     return Snapshot(copied)
 
 
-def _copy_to_host(tensor: torch.Tensor, devices_to_sync: set) -> torch.Tensor:
-    if tensor.device.type == "cpu":
-        return tensor.clone()  # a real copy: the optimizer updates the original in place
-    if tensor.device.type == "cuda":
-        # Pinned memory lets the copy run asynchronously; the caller syncs once for all of them.
-        host = torch.empty_like(tensor, device="cpu", pin_memory=True)
+def _copy_to_host(tensor: torch.Tensor, devices_to_sync: set, reuse: torch.Tensor | None = None) -> torch.Tensor:
+    """A host copy of `tensor`, into `reuse` when it has the same shape, strides and dtype."""
+    pinned = tensor.device.type == "cuda"  # pinned memory lets the copy run asynchronously
+    fits = (reuse is not None and reuse.dtype == tensor.dtype and reuse.shape == tensor.shape
+            and reuse.stride() == tensor.stride() and reuse.is_pinned() == pinned)
+    host = reuse if fits else torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="cpu",
+                                                  pin_memory=pinned)
+    if pinned:
         host.copy_(tensor, non_blocking=True)
-        devices_to_sync.add(tensor.device)
-        return host
-    return tensor.to("cpu")  # another accelerator: a plain blocking copy
+        devices_to_sync.add(tensor.device)  # the caller syncs once for all of them
+    else:
+        host.copy_(tensor)  # a real copy: the optimizer updates the original in place
+    return host
 
 
 # ---- background writer ------------------------------------------------------------------------
@@ -215,6 +229,7 @@ class CheckpointWriter:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._buffers: dict = {}  # the last snapshot's host tensors, reused by the next (see snapshot)
 
     def __enter__(self) -> CheckpointWriter:
         return self
@@ -223,9 +238,34 @@ class CheckpointWriter:
         self.close()
 
     def snapshot(self, payload: dict, path: Path | None = None) -> Snapshot:
-        """`snapshot(payload, path)`, its time counted in `blocking_seconds`."""
+        """`snapshot(payload, path)` into the writer's reused host buffers (after waiting for
+        the previous submission to be written), its time counted in `blocking_seconds`."""
         with self._blocking():
-            return snapshot(payload, path)
+            self._wait_idle()
+            return snapshot(payload, path, self._buffers)
+
+    def start_snapshot(self, payload: dict, path: Path | None = None) -> "PendingSnapshot":
+        """`snapshot(payload, path)` on a background thread; returns at once. Nothing in
+        `payload` may change until the result is taken (`PendingSnapshot.result`): read-only
+        work such as evaluation may run meanwhile. Waits for the previous submission first, so
+        host memory never holds more than two snapshots. CUDA copies queue on the calling
+        thread's current stream behind the work already queued there (the last optimizer step),
+        so they see the finished weights."""
+        with self._blocking():
+            self._wait_idle()
+            streams = {}
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                streams = {torch.device("cuda", i): torch.cuda.current_stream(i) for i in range(torch.cuda.device_count())}
+            pending = PendingSnapshot(self)
+
+            def copy_on_the_callers_streams():
+                with contextlib.ExitStack() as stack:
+                    for stream in streams.values():
+                        stack.enter_context(torch.cuda.stream(stream))
+                    return snapshot(payload, path, self._buffers)
+
+            pending._start(copy_on_the_callers_streams)
+            return pending
 
     def submit(self, last: Snapshot, last_path: Path, *, best: Snapshot | None = None, best_path: Path | None = None,
                after: Callable[[], None] | None = None) -> None:
@@ -296,6 +336,36 @@ class CheckpointWriter:
             finally:
                 job = None  # drop the snapshot before the next one may be taken
                 self._idle.set()
+
+
+class PendingSnapshot:
+    """A snapshot being copied on a background thread (`CheckpointWriter.start_snapshot`)."""
+
+    def __init__(self, writer: CheckpointWriter):
+        self._writer = writer
+        self._done = threading.Event()
+        self._value: Snapshot | None = None
+        self._error: BaseException | None = None
+
+    def _start(self, work: Callable[[], Snapshot]) -> None:
+        def run():
+            try:
+                self._value = work()
+            except BaseException as error:  # re-raised by result() on the training thread
+                self._error = error
+            finally:
+                self._done.set()
+
+        threading.Thread(target=run, name="checkpoint-snapshot", daemon=True).start()
+
+    def result(self) -> Snapshot:
+        """The finished snapshot (waiting for it, counted in the writer's `blocking_seconds`);
+        raises what the copy raised (non-finite weights, say)."""
+        with self._writer._blocking():
+            self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _write_job(writes: list[tuple[Snapshot, Path]], after: Callable[[], None] | None) -> None:

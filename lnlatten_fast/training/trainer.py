@@ -9,6 +9,7 @@ reported as mean ± std. Under torchrun the batch is split across processes with
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import sys
 import time
@@ -180,8 +181,13 @@ def fit(
             train_seconds = time.perf_counter() - start
             loss_sum = distributed.all_reduce_sum(loss_sum, ctx)
             scheduler.step()
+            # The checkpoint's host copy starts now and runs while evaluation (which only reads
+            # the weights) does: the loop waits only for what is left of it afterwards.
+            pending = _start_checkpoint(writer, model, optimizer, scheduler, run_dir) if ctx.is_main else None
 
+            test_start = time.perf_counter()
             test = evaluate(model, test_set, settings.batch_size, ctx, precision)
+            test_seconds = time.perf_counter() - test_start
             record = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum[0].item() / max(loss_sum[1].item(), 1),
@@ -189,6 +195,7 @@ def fit(
                 "test_mean_class_accuracy": test["mean_class_accuracy"],
                 "lr": current_lr(optimizer),
                 "train_seconds": train_seconds,
+                "test_seconds": test_seconds,
                 "images_per_second": loss_sum[1].item() / train_seconds,
                 "confusion": test["confusion"],
             }
@@ -201,7 +208,7 @@ def fit(
                 selection = record.get("val_accuracy", test["accuracy"])
                 improved = selection > best
                 best = max(best, selection)
-                _save_epoch(writer, model, optimizer, scheduler, history, settings, test, fold, run_dir, improved)
+                _finish_checkpoint(writer, pending, history, settings, test, fold, run_dir, improved)
                 trace.save()
                 tqdm.write(
                     f"epoch {epoch + 1:3d}  loss {record['train_loss']:.4f}  test acc {test['accuracy']:.4f}  "
@@ -216,33 +223,43 @@ def fit(
     return summary
 
 
-def _save_epoch(writer: checkpoint.CheckpointWriter, model, optimizer, scheduler, history: list[dict],
-                settings: TrainSettings, test: dict, fold: int | None, run_dir: Path, improved: bool) -> None:
+def _start_checkpoint(writer: checkpoint.CheckpointWriter, model, optimizer, scheduler,
+                      run_dir: Path) -> tuple[checkpoint.PendingSnapshot, float]:
+    """Begin the host copy of the epoch's tensors (weights, Adam state, RNG streams) on a
+    background thread. Nothing may change them until `_finish_checkpoint`."""
+    before = writer.blocking_seconds
+    pending = writer.start_snapshot(
+        dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+             rng=checkpoint.rng_state()),
+        run_dir / "last.pt",
+    )
+    return pending, writer.blocking_seconds - before
+
+
+def _finish_checkpoint(writer: checkpoint.CheckpointWriter, started: tuple[checkpoint.PendingSnapshot, float],
+                       history: list[dict], settings: TrainSettings, test: dict, fold: int | None, run_dir: Path,
+                       improved: bool) -> None:
     """last.pt (and best.pt when the selection accuracy improved) of the epoch just finished,
-    written by the background writer; the epoch's metrics line is appended only once last.pt is
+    handed to the background writer; the epoch's metrics line is appended only once last.pt is
     on disk, so a kill at any moment resumes to exactly the history the files show.
 
-    The training loop waits only for the previous epoch's files (long written by now, as a rule)
-    and for one copy of the state into host memory: `checkpoint_blocking_seconds` in the record."""
+    The loop has waited only for the previous epoch's files (long written by now, as a rule)
+    and for whatever of the host copy outlasted evaluation: `checkpoint_blocking_seconds`."""
+    pending, blocked_at_start = started
+    before = writer.blocking_seconds
+    tensors = pending.result()
     record = history[-1]
-    started = time.perf_counter()
-    writer.wait()
-    payload = dict(
-        model=model.state_dict(), config=settings.model.to_dict(), settings=settings.to_dict(),
-        epoch=record["epoch"], test_accuracy=test["accuracy"], class_names=list(labels.CLASS_NAMES), fold=fold,
+    record["checkpoint_blocking_seconds"] = blocked_at_start + writer.blocking_seconds - before
+    best_fields = dict(
+        config=settings.model.to_dict(), settings=settings.to_dict(), epoch=record["epoch"],
+        test_accuracy=test["accuracy"], class_names=list(labels.CLASS_NAMES), fold=fold,
     )
-    last = writer.snapshot(
-        dict(payload, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), history=history,
-             rng=checkpoint.rng_state()),
-        last_path := run_dir / "last.pt",
-    )
-    blocked = time.perf_counter() - started
-    record["checkpoint_blocking_seconds"] = blocked
-    last.payload["history"][-1]["checkpoint_blocking_seconds"] = blocked  # the snapshot's copy says it too
-    best = last.subset(payload) if improved else None
+    # Plain values only from here on (the history is small): the copy is the snapshot's own.
+    last = checkpoint.Snapshot({**tensors.payload, **copy.deepcopy(best_fields), "history": copy.deepcopy(history)})
+    best = last.subset(["model", *best_fields]) if improved else None
     line = dict(record)
-    # The writer is idle (waited for above), so handing the job over does not block.
-    writer.submit(last, last_path, best=best, best_path=run_dir / "best.pt" if improved else None,
+    # The writer is idle (start_snapshot waited for it), so handing the job over does not block.
+    writer.submit(last, run_dir / "last.pt", best=best, best_path=run_dir / "best.pt" if improved else None,
                   after=lambda: runs.append_epoch(run_dir, line))
 
 
