@@ -162,11 +162,14 @@ class TrainStep:
         with autocast(self.precision, self.device):
             logits = self.model(x).logits
         loss = self.loss_fn(logits.float(), y, self.model, l2_lambda=self.loss_l2)
-        for p in self.model.parameters():
-            p.grad = None
         loss.backward()
         with torch.no_grad():
             _functional_adamw(self.optimizer)
+        # Dead once the update has read them: cleared inside the graph, the gradients are no
+        # graph outputs (no bytes written for them, no replayed-graph memory handed out), and
+        # every call starts from the same state, so the graph's guards never change.
+        for p in self.model.parameters():
+            p.grad = None
         return loss.detach()
 
     def _run_compiled(self, x, y):
