@@ -194,3 +194,21 @@ def test_cuda_graphs_need_compile_and_cuda():
         TrainStep(model, build_optimizer(model, 1e-3, 0.0), precision="fp32", device="cpu", compile=True,
                   cuda_graphs=True)
     assert step_module.fused_adamw_available(torch.device("cpu"))
+
+
+def test_the_lr_kind_follows_the_step_across_a_resume():
+    """A compiled run keeps its lr as a tensor (no recompile per epoch), an eager one as a float;
+    a checkpoint of either resumes into the other with the same value."""
+    from lnlatten_fast.training.step import current_lr, use_tensor_lr
+
+    model = _model(micro_config("reference"))
+    compiled_run = build_optimizer(model, 3e-4, 0.0, tensor_lr=True)
+    assert torch.is_tensor(compiled_run.param_groups[0]["lr"])
+    eager_run = build_optimizer(model, 1.0, 0.0)
+    eager_run.load_state_dict(compiled_run.state_dict())
+    use_tensor_lr(eager_run, False)
+    assert all(isinstance(g["lr"], float) for g in eager_run.param_groups)
+    assert current_lr(eager_run) == pytest.approx(3e-4)
+    use_tensor_lr(eager_run, True)
+    assert all(torch.is_tensor(g["lr"]) for g in eager_run.param_groups)
+    assert current_lr(eager_run) == pytest.approx(3e-4)

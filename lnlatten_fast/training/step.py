@@ -56,17 +56,22 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, *, f
     if fused is None:
         fused = fused_adamw_available(device)
     groups = [{"params": weights, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=torch.tensor(lr, dtype=torch.float32) if tensor_lr else lr,
+    # On the parameters' device: a host scalar in the compiled graph's inputs would keep the
+    # graph from being captured in a CUDA graph.
+    return torch.optim.AdamW(groups, lr=torch.tensor(lr, dtype=torch.float32, device=device) if tensor_lr else lr,
                              fused=fused or None, foreach=None if fused else True)
 
 
 def use_tensor_lr(optimizer: torch.optim.Optimizer, tensor: bool) -> None:
-    """Each group's lr as a 0-d tensor (`tensor`) or a float, keeping its value: a loaded
-    state_dict brings the kind the saved run used."""
+    """Each group's lr as a 0-d tensor on the parameters' device (`tensor`) or a float, keeping
+    its value: a loaded state_dict brings the kind (and, for a tensor, the host) the saved run
+    used."""
     for group in optimizer.param_groups:
-        lr = group["lr"]
+        lr, device = group["lr"], group["params"][0].device
         if tensor and not torch.is_tensor(lr):
-            group["lr"] = torch.tensor(float(lr), dtype=torch.float32)
+            group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
+        elif tensor and lr.device != device:  # a checkpoint loads it on the host
+            group["lr"] = lr.to(device)
         elif not tensor and torch.is_tensor(lr):
             group["lr"] = float(lr.item())
 
