@@ -23,7 +23,9 @@ pytest.importorskip("triton.backends.nvidia")
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "compile_report.py"
 sys.path.insert(0, str(SCRIPT.parent))
-import compile_report as cr  # noqa: E402  (stdlib-only at import; used for its pure helpers)
+# Standard library only at import; used for their pure helpers.
+from gpu_target import estimate, targets  # noqa: E402
+from gpu_target import ptx as ptx_analysis  # noqa: E402
 
 BATCH = 2
 REPORT_ARGS = ["--arch", "sm_90a", "--preset", "tiny", "--batch", str(BATCH), "--dtypes", "bf16"]
@@ -166,7 +168,7 @@ def test_paper_shape_convs_are_shaped_for_hopper(runs):
     for row in convs:
         assert row["mma"] == "wgmma", row["used_by"]
         assert row["spill_bytes"] == 0, row["used_by"]
-        assert row["global_loads"].get("16", 0) <= cr.SCALAR_16BIT_LOADS, row["used_by"]
+        assert row["global_loads"].get("16", 0) <= targets.SCALAR_16BIT_LOADS, row["used_by"]
         assert row["cp_async"].get("16", 0) > 0, row["used_by"]
         assert row["occupancy"]["ctas_per_sm"] >= 2, row["used_by"]
         for launch in row["estimate"]["launches"]:
@@ -182,13 +184,13 @@ def test_estimate_against_hand_computed_values():
     """One launch: 264 slots, 300 programs -> 2 waves, 300/528 fill; MMA-bound time."""
     row = {"occupancy": {"ctas_per_sm": 2}, "mma": "wgmma"}
     plan = {"programs": 300, "flops": 10**12, "issued_flops": 2 * 10**12, "rows": 3, "row_slots": 4, "bytes": 10**6}
-    est = cr.estimate_launch(plan, row, cr.ARCHS["sm_90a"], cr.PEAKS[90], "bf16")
+    est = estimate.estimate_launch(plan, row, targets.ARCHS["sm_90a"], targets.PEAKS[90], "bf16")
     assert est["waves"] == round(300 / 264, 2) and est["sm_fill"] == round(300 / 528, 3)
     assert est["mma_row_utilisation"] == 0.75 and est["mac_utilisation"] == 0.5
     expected = 2e12 / (989.4e12 * 0.70) / (300 / 528)
     assert abs(est["seconds"] - expected) < 1e-12 and est["bound"] == "MMA"
     plan["bytes"] = 10**12  # now the compulsory traffic binds
-    assert cr.estimate_launch(plan, row, cr.ARCHS["sm_90a"], cr.PEAKS[90], "bf16")["bound"] == "memory"
+    assert estimate.estimate_launch(plan, row, targets.ARCHS["sm_90a"], targets.PEAKS[90], "bf16")["bound"] == "memory"
 
 
 def test_cubins_land_in_the_cache_and_match_the_report(runs, report):
@@ -275,20 +277,20 @@ def test_refuses_the_interpreter(tmp_path):
 
 
 def test_occupancy_against_hand_computed_values():
-    sm90, sm89 = cr.ARCHS["sm_90a"], cr.ARCHS["sm_89"]
+    sm90, sm89 = targets.ARCHS["sm_90a"], targets.ARCHS["sm_89"]
     # 232 regs: 7424 per warp -> 8 warps of 65536 -> one 8-warp CTA.
-    assert cr.occupancy(sm90, 232, 0, 8)["ctas_per_sm"] == 1
+    assert ptx_analysis.occupancy(sm90, 232, 0, 8)["ctas_per_sm"] == 1
     # 95 regs: 3040 -> 3072 per warp -> 21 warps -> 5 CTAs of 4 warps (smem allows 20).
-    occ = cr.occupancy(sm90, 95, 10240, 4)
+    occ = ptx_analysis.occupancy(sm90, 95, 10240, 4)
     assert (occ["ctas_per_sm"], occ["warps_per_sm"], occ["limited_by"]) == (5, 20, ["registers"])
     # 100000 B + 1 KiB reserved -> 101120 B (128-byte granules); 228 KiB holds 2.
-    occ = cr.occupancy(sm90, 32, 100000, 4)
+    occ = ptx_analysis.occupancy(sm90, 32, 100000, 4)
     assert (occ["ctas_per_sm"], occ["limited_by"]) == (2, ["shared memory"])
     # sm_89: 48 warps per SM -> 12 CTAs of 4 warps at 32 registers (registers allow 16).
-    occ = cr.occupancy(sm89, 32, 0, 4)
+    occ = ptx_analysis.occupancy(sm89, 32, 0, 4)
     assert (occ["ctas_per_sm"], occ["warps_per_sm"], occ["limited_by"]) == (12, 48, ["warps"])
     # Tiny kernels hit the 32-CTA limit on sm_90.
-    assert cr.occupancy(sm90, 16, 0, 1)["ctas_per_sm"] == 32
+    assert ptx_analysis.occupancy(sm90, 16, 0, 1)["ctas_per_sm"] == 32
 
 
 def test_ptx_features_on_hand_written_ptx():
@@ -303,12 +305,12 @@ def test_ptx_features_on_hand_written_ptx():
     st.global.v2.b32 [ %rd7 + 0 ], { %r15, %r16 };
     mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1,%f2,%f3,%f4}, {%r1,%r2,%r3,%r4}, {%r5,%r6}, {%f1,%f2,%f3,%f4};
     """
-    features = cr.ptx_features(ptx)
+    features = ptx_analysis.ptx_features(ptx)
     assert features["mma"] == "mma.sync"
     assert features["global_loads"] == {"16": 1, "64": 1, "128": 2}
     assert features["cp_async"] == {"4": 1, "16": 1}
     assert features["global_stores"] == {"64": 1}
     assert features["tma_bulk"] == 0
-    assert cr.ptx_features("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 ...;\nmma.sync")["mma"] == "wgmma"
-    assert cr.ptx_features("fma.rn.f32 %f1, %f2, %f3, %f4;")["mma"] == "FMA"
-    assert cr.ptx_features("cp.async.bulk.tensor.2d.shared::cluster.global [%r1], [%rd1, {%r2, %r3}];")["tma_bulk"] == 1
+    assert ptx_analysis.ptx_features("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 ...;\nmma.sync")["mma"] == "wgmma"
+    assert ptx_analysis.ptx_features("fma.rn.f32 %f1, %f2, %f3, %f4;")["mma"] == "FMA"
+    assert ptx_analysis.ptx_features("cp.async.bulk.tensor.2d.shared::cluster.global [%r1], [%rd1, {%r2, %r3}];")["tma_bulk"] == 1
