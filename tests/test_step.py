@@ -212,3 +212,14 @@ def test_the_lr_kind_follows_the_step_across_a_resume():
     use_tensor_lr(eager_run, True)
     assert all(torch.is_tensor(g["lr"]) for g in eager_run.param_groups)
     assert current_lr(eager_run) == pytest.approx(3e-4)
+
+
+def test_a_torch_that_cannot_trace_backward_compiles_the_forward_alone(monkeypatch):
+    """Older torch (the GPU machines' 2.11, say) lacks Dynamo's trace_autograd_ops: the step
+    still compiles what it can (forward and loss) and says so, instead of failing."""
+    monkeypatch.setattr(step_module, "can_trace_backward", lambda: False)
+    model = _model(micro_config("reference"))
+    with pytest.warns(RuntimeWarning, match="cannot trace the backward"):
+        train_step = TrainStep(model, build_optimizer(model, 1e-3, 0.0, tensor_lr=True), precision="fp32",
+                               device="cpu", compile=True)
+    assert train_step._graph_step is None and train_step.forward_model is not model

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 
 import torch
 
@@ -74,6 +75,12 @@ def use_tensor_lr(optimizer: torch.optim.Optimizer, tensor: bool) -> None:
             group["lr"] = lr.to(device)
         elif not tensor and torch.is_tensor(lr):
             group["lr"] = float(lr.item())
+
+
+def can_trace_backward() -> bool:
+    """Whether this torch's Dynamo can trace Tensor.backward into a graph (the switch
+    `trace_autograd_ops`), which the one-graph compiled step needs."""
+    return hasattr(torch._dynamo.config, "trace_autograd_ops")
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -149,8 +156,15 @@ class TrainStep:
                     for value in state.values():
                         if torch.is_tensor(value) and value.device.type == "cuda":
                             torch._dynamo.mark_static_address(value)
-            self._graph_step = torch.compile(
-                self._compiled_body, fullgraph=True, mode="reduce-overhead" if cuda_graphs else None)
+            mode = "reduce-overhead" if cuda_graphs else None
+            if can_trace_backward():
+                self._graph_step = torch.compile(self._compiled_body, fullgraph=True, mode=mode)
+            else:  # an older torch: the forward and loss compiled, backward and AdamW eager
+                warnings.warn(f"torch {torch.__version__} cannot trace the backward into the compiled graph "
+                              "(torch._dynamo.config.trace_autograd_ops is missing): forward and loss are compiled, "
+                              "backward and AdamW run eagerly", RuntimeWarning, stacklevel=2)
+                self.forward_model = torch.compile(model, fullgraph=True, mode=mode)
+                self.compiled = False
 
     # ---- eager ------------------------------------------------------------------------------
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -206,7 +220,7 @@ class TrainStep:
         lrs = [g["lr"].clone() if torch.is_tensor(g["lr"]) else g["lr"] for g in self.optimizer.param_groups]
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            if self._graph_step is not None:
+            if self._graph_step is not None or self.forward_model is not self.model:  # something compiles
                 self._measure_conv_choices(x)
             for _ in range(steps):
                 self(x, y)
