@@ -223,3 +223,45 @@ def test_a_torch_that_cannot_trace_backward_compiles_the_forward_alone(monkeypat
         train_step = TrainStep(model, build_optimizer(model, 1e-3, 0.0, tensor_lr=True), precision="fp32",
                                device="cpu", compile=True)
     assert train_step._graph_step is None and train_step.forward_model is not model
+
+
+def test_a_resolved_precision_asks_the_device_nothing(monkeypatch):
+    """Found on an H200: the compiled step entered autocast("bf16", cuda), which asked
+    torch.cuda.is_bf16_supported() - a call Dynamo cannot put in a graph, so --compile failed
+    on every GPU. The device is asked once, when the precision is resolved."""
+    from lnlatten_fast.training import precision
+
+    def asked():
+        raise AssertionError("is_bf16_supported called where a compiled graph would trace it")
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", asked)
+    context = precision.autocast("bf16", torch.device("cuda"))
+    assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
+    assert isinstance(precision.autocast("fp32", torch.device("cuda")), type(precision.autocast("fp32", "cpu")))
+    with pytest.raises(ValueError, match="precision"):
+        precision.autocast("fp8", torch.device("cpu"))
+
+
+def test_the_warm_up_runs_every_batch_size_the_first_epoch_meets(tmp_path):
+    """Found on an H200: the attention trace's first record (8 probe images) met a batch size
+    the warm-up had not run, and stalled epoch 1 for about 9 s (auto's timing and the kernel JIT
+    for that shape). The warm-up now runs the training, evaluation and probe batches."""
+    import numpy as np
+
+    from lnlatten_fast.data.cache import ImageSet
+    from lnlatten_fast.training import distributed, trainer
+    from lnlatten_fast.training.trace import AttentionTrace
+
+    cfg = micro_config("reference")
+    model = _model(cfg)
+    rng = np.random.default_rng(0)
+    images = ImageSet(rng.integers(0, 255, (30, 32, 32, 3), dtype=np.uint8), np.arange(30) % 7)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    settings = small_settings(tmp_path / "run", batch_size=16, model=cfg, trace_images=7)
+    settings.validate()
+    ctx = distributed.Context(device=torch.device("cpu"))
+    trace = AttentionTrace(tmp_path, images, settings.trace_every, settings.trace_images, ctx.device, 0)
+    train_step = TrainStep(model, build_optimizer(model, 1e-3, 0.0), precision="fp32", device="cpu")
+    trainer._warm_up(train_step, model, images, images, settings, "fp32", 2, ctx, trace)
+    assert {16, len(trace.indices)} <= set(seen) and len(trace.indices) == 7

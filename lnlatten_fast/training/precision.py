@@ -33,7 +33,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(precision: str, device: torch.device):
-    """bf16 autocast (master weights and gradients stay fp32), or nothing for fp32."""
-    if resolve_precision(precision, device) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    """bf16 autocast (master weights and gradients stay fp32), or nothing for fp32.
+
+    Only "auto" is resolved here: a resolved "bf16" or "fp32" asks the device nothing, so a
+    compiled graph can enter it (torch.cuda.is_bf16_supported is not traceable); whoever
+    resolved it checked the device then."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device)
+    check_precision(precision)
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -20,7 +20,6 @@ replayed (inductor's CUDA graph trees): the launch cost of every kernel is paid 
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 
@@ -28,7 +27,7 @@ import torch
 
 from ..model import lnl_loss
 from ..nn import regularized_weights
-from .precision import autocast
+from .precision import autocast, resolve_precision
 
 __all__ = ["build_optimizer", "TrainStep", "fused_adamw_available", "current_lr", "use_tensor_lr", "init_optimizer_state"]
 
@@ -136,7 +135,10 @@ class TrainStep:
                  forward_model: torch.nn.Module | None = None, loss_fn=lnl_loss):
         self.model, self.optimizer = model, optimizer
         self.loss_fn = loss_fn
-        self.precision, self.device = precision, torch.device(device)
+        self.device = torch.device(device)
+        # Resolved once, here: resolving asks the device (torch.cuda.is_bf16_supported on CUDA),
+        # which a compiled graph cannot trace; autocast("bf16"|"fp32") asks nothing.
+        self.precision = resolve_precision(precision, self.device)
         self.loss_l2 = loss_l2
         self.forward_model = model if forward_model is None else forward_model
         self.compiled = compile
@@ -247,8 +249,7 @@ class TrainStep:
     def _measure_conv_choices(self, x: torch.Tensor) -> None:
         """An eager forward + backward at the step's shape: `auto` times its conv candidates in
         eager calls only, so this settles them before a compiled graph is traced."""
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(autocast(self.precision, self.device))
+        with autocast(self.precision, self.device):
             logits = self.model(x).logits
         logits.float().sum().backward()
         self.model.zero_grad(set_to_none=True)

@@ -112,7 +112,7 @@ def fit(
     loss_l2 = cfg.l2_lambda if settings.l2_mode == "loss" else 0.0
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_decay)
     history: list[dict] = []
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    last_path = run_dir / "last.pt"
     if settings.resume and last_path.exists():
         state = checkpoint.load(last_path)
         model.load_state_dict(state["model"])
@@ -147,7 +147,7 @@ def fit(
     with _cudnn_autotuning(settings, ctx.device), checkpoint.CheckpointWriter() as writer, \
             GpuMonitor(ctx.device) as monitor:  # NVML samples in a thread, on CUDA only
         if len(history) < settings.epochs and (ctx.device.type == "cuda" or settings.compile):
-            warmup_seconds = _warm_up(train_step, model, train_set, test_set, settings, precision, crop, ctx)
+            warmup_seconds = _warm_up(train_step, model, train_set, test_set, settings, precision, crop, ctx, trace)
             if ctx.is_main:
                 tqdm.write(f"warm-up (conv choices, kernel JIT, compile) {warmup_seconds:.1f} s, before epoch 1's clock")
         for epoch in range(len(history), settings.epochs):
@@ -264,25 +264,29 @@ def _finish_checkpoint(writer: checkpoint.CheckpointWriter, started: tuple[check
 
 
 def _warm_up(train_step: TrainStep, model, train_set: ImageSet, test_set: ImageSet, settings: TrainSettings,
-             precision: str, crop: int, ctx: distributed.Context) -> float:
+             precision: str, crop: int, ctx: distributed.Context, trace: AttentionTrace) -> float:
     """What the first steps would otherwise pay inside epoch 1's clock, paid before it: a
     training step at the training shape (auto's conv timing, the Triton JIT, compile, cuDNN's
-    search, graph capture; weights, optimizer and RNG left as found) and an evaluation forward at
-    the evaluation batch (auto measures its conv choice there separately)."""
+    search, graph capture; weights, optimizer and RNG left as found), and a forward at the
+    evaluation batch and at the attention trace's probe batch (auto measures its conv choice
+    per batch size, and the kernels JIT per shape: on an H200 the trace's first record stalled
+    epoch 1 for about 9 s before this)."""
     start = time.perf_counter()
     count = min(settings.batch_size, len(train_set))
     loader = BatchLoader(train_set.images, train_set.labels, np.arange(count), count, ctx.device,
                          augment=True, crop_padding=crop, epoch_seed=settings.seed)
     x, y = next(iter(loader))
     train_step.warm_up(x, y)
-    count = min(settings.batch_size, len(test_set))
-    if count:
+    batches = {min(settings.batch_size, len(test_set))}
+    if trace.active:
+        batches.add(len(trace.indices))
+    model.eval()
+    for count in sorted(batches - {0}):
         loader = BatchLoader(test_set.images, test_set.labels, np.arange(count), count, ctx.device)
         x, _ = next(iter(loader))
-        model.eval()
         with torch.no_grad(), autocast(precision, ctx.device):
             model(x)
-        model.train()
+    model.train()
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     return time.perf_counter() - start
