@@ -115,7 +115,7 @@ import time
 import traceback
 from pathlib import Path
 
-from gpu_target.cli import REPO, Parser, UsageError, positive_int, run_main, use_checkout
+from gpu_target.cli import command, REPO, Parser, UsageError, positive_int, run_main, use_checkout
 from gpu_target.driver import require_triton, stand_in
 from gpu_target.estimate import build_estimate
 from gpu_target.ptx import build_rows
@@ -246,13 +246,7 @@ def run_report(args) -> int:
     return 1 if tracker.failures else 0
 
 
-def main(argv=None) -> int:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        return run_report(args)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+main = command(parse_args, run_report)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpu_target.cli import Parser, UsageError, positive_int, run_main, use_checkout
+from gpu_target.cli import command, Parser, UsageError, positive_int, run_main, use_checkout
 from gpu_target.targets import ARCHS, PEAKS, STEP_TABLE
 
 FLAGS = ("--arch", "--preset", "--batch", "--precision", "--mode", "--dataset-size", "--out")
@@ -219,13 +219,7 @@ def compiled_records(eager: list, cuda_rows: list, peaks) -> list:
     return out
 
 
-def main(argv=None) -> int:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        return run(args)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+main = command(parse_args, run)
 
 
 if __name__ == "__main__":

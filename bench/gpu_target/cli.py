@@ -48,6 +48,20 @@ def use_checkout() -> None:
         sys.path.insert(0, str(REPO))
 
 
+def command(parse_args, run):
+    """main(argv) for a command: parse, run, and turn a UsageError into one `error:` line and
+    exit status 2."""
+
+    def main(argv=None) -> int:
+        try:
+            return run(parse_args(sys.argv[1:] if argv is None else argv))
+        except UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return main
+
+
 def run_main(main) -> None:
     """Exit with main()'s status, skipping interpreter teardown: after failed compiles it once
     segfaulted there (exit 139, a teardown-order crash in compiler objects the failures left
