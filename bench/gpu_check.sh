@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (any CUDA machine; one device call of at most 9 minutes): build, the CUDA
+# One-shot GPU check (any CUDA machine; its timeouts add up to 530 s, one 9-minute device call): build, the CUDA
 # tests, the trainer's own step measured eager, compiled and graph-captured beside the whole-step
 # profiler's estimate, one RAF-DB-sized synthetic epoch at the paper preset with its checkpoint,
 # and (with GPU_CHECK_SECTIONS naming them) the op benchmarks, the compile report and ncu's
@@ -34,7 +34,7 @@ stamp() { echo "- $1: $(( $(date +%s) - start )) s since start" >> "$out/gpu_che
 
 if want build; then
   echo "== build" | tee -a "$out/log.txt"
-  LNLATTEN_CUDA=1 timeout 100 python -m pip install --no-build-isolation --no-deps -q . >>"$out/log.txt" 2>&1 \
+  LNLATTEN_CUDA=1 timeout 90 python -m pip install --no-build-isolation --no-deps -q . >>"$out/log.txt" 2>&1 \
     || echo "build failed (see log.txt)" | tee -a "$out/gpu_check.md"
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -57,7 +57,7 @@ if want step; then
   echo >> "$out/gpu_check.md"
   echo "The trainer's step, paper preset, bf16, B = 64 (measured; the estimate columns are bench/profile_step.py's ESTIMATE):" >> "$out/gpu_check.md"
   echo >> "$out/gpu_check.md"
-  timeout 230 python bench/step_timing.py --preset paper --batch 64 --precision bf16 --modes eager,compiled,graphs \
+  timeout 200 python bench/step_timing.py --preset paper --batch 64 --precision bf16 --modes eager,compiled,graphs \
     --steps 30 --estimates "$estimates" --json "$out/step_timing.json" >>"$out/gpu_check.md" 2>>"$out/log.txt"
   echo "- step timing exit code: $?" >> "$out/gpu_check.md"
   stamp "step"
