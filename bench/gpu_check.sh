@@ -47,7 +47,7 @@ if want tests; then
   timeout 90 python -m pytest tests/ops/test_triton_attention.py tests/ops/test_triton_conv3x3.py tests/ops/test_native.py \
     tests/test_model.py tests/test_precision.py tests/ops/test_dispatch.py tests/ops/test_attention_range.py \
     tests/test_checkpoint_writer.py tests/test_step.py -k "not compiled_step_is_one_graph" \
-    -q -p no:cacheprovider --junitxml="$out/tests.xml" >>"$out/log.txt" 2>&1
+    -v -p no:cacheprovider --junitxml="$out/tests.xml" >>"$out/log.txt" 2>&1  # -v: a killed run still names its failures
   echo "- tests exit code: $?" >> "$out/gpu_check.md"
   stamp "tests"
 fi
