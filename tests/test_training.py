@@ -178,6 +178,12 @@ def test_cli_bad_flags_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_cli.main(["--precision", "fp8"])
     assert "--precision" in capsys.readouterr().err
+    assert train_cli.main(["--cuda-graphs", "--out", str(tmp_path / "g")]) == 2
+    assert "--cuda-graphs needs compile" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # named before anything is written
+        assert train_cli.main(["--cuda-graphs", "--compile", "--device", "cpu", "--out", str(tmp_path / "c")]) == 2
+        assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+        assert not (tmp_path / "c").exists()
 
 
 def test_model_flags_are_the_config_fields(capsys):

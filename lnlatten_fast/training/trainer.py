@@ -391,6 +391,9 @@ def train(settings: TrainSettings) -> dict:
         distributed.teardown(ctx)
         reason = str(error).split(": ", 1)[-1]  # dispatch says "backend X cannot run on Y: <why>"
         raise ParameterError("backend", f"{settings.model.backend!r} cannot run on {ctx.device}: {reason}") from None
+    if settings.cuda_graphs and ctx.device.type != "cuda":
+        distributed.teardown(ctx)
+        raise ParameterError("cuda_graphs", f"needs a CUDA device (CUDA graphs), and this run is on {ctx.device}")
     lock = runs.RunLock(Path(settings.out)) if ctx.is_main else contextlib.nullcontext()
     try:
         with lock:
