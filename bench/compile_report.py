@@ -235,11 +235,7 @@ def run_report(args) -> int:
     markdown = render_markdown(report)
     (args.out / "kernels.md").write_text(markdown)
 
-    for failure in tracker.failures:
-        where = [failure["op"], None if failure["layer"] is None else f"layer {failure['layer']}", failure["dtype"]]
-        where = ", ".join(str(x) for x in where if x)
-        print(f"error: {failure['kernel']} ({where}) failed: {(failure['reason'].splitlines() or [''])[0]}",
-              file=sys.stderr)
+    tracker.print_failures()
     print(markdown)
     print(f"{len(rows)} binaries, {len(tracker.launches)} launches, {len(tracker.failures)} failures, "
           f"{report['wall_seconds']} s; wrote {args.out / 'kernels.json'} and {args.out / 'kernels.md'}")

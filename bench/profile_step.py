@@ -26,7 +26,6 @@ failed to compile, 2 for bad input.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -187,9 +186,7 @@ def run(args) -> int:
     (args.out / "step.json").write_text(json.dumps(report, indent=1, default=str))
     markdown = render(report)
     (args.out / "step.md").write_text(markdown)
-    for failure in tracker.failures:
-        print(f"error: {failure['kernel']} ({failure['op']}) failed: {(failure['reason'].splitlines() or [''])[0]}",
-              file=sys.stderr)
+    tracker.print_failures()
     print(markdown)
     print(f"{totals['launches']} launches, {totals['est_step_ms']:.2f} ms estimated per step, "
           f"{report['wall_seconds']} s; wrote {args.out / 'step.json'} and {args.out / 'step.md'}")

@@ -39,14 +39,8 @@ import json, sys
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 import lnlatten_fast as lf
-
-def describe(value):
-    if isinstance(value, torch.Tensor):
-        return {"shape": list(value.shape), "stride": list(value.stride()),
-                "dtype": str(value.dtype).removeprefix("torch.")}
-    if isinstance(value, (list, tuple)):
-        return [describe(v) for v in value]
-    return value
+sys.path.insert(0, "bench")  # run from the repository root
+from gpu_target.tracing import describe  # the report's own description of an op's arguments
 
 calls = []
 

@@ -142,6 +142,17 @@ class Tracker:
             with open(self.out_dir / "compile_errors.log", "a") as fh:
                 fh.write(f"==== {kernel} ({op}, layer {layer}, {self.dtype})\n{reason}\n{log}\n")
 
+    def print_failures(self) -> None:
+        """One `error:` line per failure on stderr: kernel, where (op, layer, dtype), first line
+        of the reason."""
+        import sys
+
+        for failure in self.failures:
+            where = [failure["op"], None if failure["layer"] is None else f"layer {failure['layer']}", failure["dtype"]]
+            where = ", ".join(str(x) for x in where if x)
+            print(f"error: {failure['kernel']} ({where}) failed: {(failure['reason'].splitlines() or [''])[0]}",
+                  file=sys.stderr)
+
 
 # ---- the interception -------------------------------------------------------------------------
 def _channels_last_by_cudnn(inp, weight) -> bool:

@@ -144,12 +144,12 @@ class BatchLoader:
         for batch in host_batches:
             copied = start_copy(batch)
             if pending is not None:
-                yield self._finish(pending, compute, copy_stream, generator)
+                yield self._finish(pending, compute, generator)
             pending = copied
         if pending is not None:
-            yield self._finish(pending, compute, copy_stream, generator)
+            yield self._finish(pending, compute, generator)
 
-    def _finish(self, pending, compute, copy_stream, generator):
+    def _finish(self, pending, compute, generator):
         (x_u8, y), done = pending
         compute.wait_event(done)  # this batch's copy only, not the next one's behind it
         # Made on the copy stream, used on the compute stream: the allocator must not reuse
