@@ -7,13 +7,16 @@ the L1 distances of the attention, softmax) is left out: it is memory-bound and 
 
     flops = forward_flops(LNLConfig.paper())     # {"unet": ..., "simplenet": ..., "total": ...}
     step = training_step_flops(config)           # forward + backward, per image
+    kept = activation_elements(config)           # what one image's forward keeps for the backward
+
+The activations are counted layer by layer as the FLOPs are, so the two stay consistent.
 """
 
 from __future__ import annotations
 
 from .config import LNLConfig
 
-__all__ = ["forward_flops", "training_step_flops"]
+__all__ = ["forward_flops", "training_step_flops", "activation_elements"]
 
 
 def _conv(c_in: int, c_out: int, k: int, h: int, w: int | None = None) -> int:
@@ -79,3 +82,36 @@ def training_step_flops(config: LNLConfig) -> int:
     image) needs no gradient."""
     first_conv = _conv(config.in_channels, config.unet_widths[0], 3, config.image_size)
     return 3 * forward_flops(config)["total"] - first_conv
+
+
+def activation_elements(config: LNLConfig) -> int:
+    """Elements of the activations one image's training forward keeps for the backward: a lower
+    bound, counting the input and the output of every convolution, transposed convolution,
+    linear layer and attention product once. Left out: ReLU and pooling outputs, the U-Net's
+    concatenations, the windows cut out of F9, dropout masks, and autograd's workspaces, which
+    add to it."""
+    config.validate()
+    size, widths = config.image_size, config.unet_widths
+    kept = config.in_channels * size**2
+    for level, width in enumerate(widths):  # encoder: two convs per level
+        kept += 2 * width * (size >> level) ** 2
+    for level in range(len(widths) - 2, -1, -1):  # decoder: a transposed conv and two convs per level
+        kept += 3 * widths[level] * (size >> level) ** 2
+
+    geom, m = config.geometry, config.geometry.num_patches
+    w0, w1, w2 = config.simplenet_widths
+    side = geom.patch
+    for width in (w0, w1, w2):  # SimpleNet: two convs, then a 2x2 pool
+        kept += m * 2 * width * side**2
+        side //= 2
+    if config.uses_local_attention:
+        c1, c2, c3, c4, hidden = config.local_attention_widths
+        s, shrink = config.local_feature_side, 2 * (1 - config.local_attention_padding)
+        kept += m * ((c1 + c2) * (s - shrink) ** 2 + (c3 + c4) * (s - 2 * shrink) ** 2 + hidden + 1)
+
+    f5 = size // 16
+    kept += 2 * config.global_width * f5**2
+    if config.uses_nonlocal_attention:
+        kept += 3 * config.attention_dim * f5**2 + m * m + config.global_feature_dim  # Q, K, V; R~; s
+    h1, h2 = config.head_widths
+    return kept + config.local_feature_dim + config.joint_feature_dim + h1 + h2 + config.num_classes

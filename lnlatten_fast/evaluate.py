@@ -6,10 +6,9 @@ The dataset, its root and the synthetic seed default to those the run was traine
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from . import cli
+from . import cli, jsonio
 from .data.datasets import DATASETS
 from .training.evaluation import evaluate_checkpoint
 from .training.precision import PRECISIONS
@@ -17,7 +16,8 @@ from .training.precision import PRECISIONS
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lnlatten_fast.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by lnlatten_fast.train")
+    p.add_argument("--checkpoint", required=True,
+                   help="a best.pt or last.pt written by lnlatten_fast.train, or its run directory (its best.pt)")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's dataset")
     p.add_argument("--data-root", default=None, help="default: the run's --data-root")
     p.add_argument("--device", default="auto")
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        print(f"error: --batch-size {args.batch_size}: expected a positive number of images", file=sys.stderr)
+        return 2
     try:
         result = evaluate_checkpoint(
             args.checkpoint, dataset=args.dataset, data_root=args.data_root, device=args.device,
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
     except cli.LIBRARY_ERRORS as error:
         return cli.fail(error)
     if args.json:
-        print(json.dumps(result))
+        print(jsonio.dumps(result))
     else:
         print(f"{result['dataset']} test set, {result['images']} images, checkpoint epoch {result['epoch']}")
         print(f"test accuracy        {result['accuracy']:.4f} "

@@ -17,6 +17,11 @@ F9 with 64 channels, and a 9 x 9 F5 with 1024):
 
 Per-window layers keep their weights stacked on a leading window axis (M, ...), so one
 state_dict serves every backend; `backend` picks the op implementation (`lf.backends()`).
+
+Double backward (a gradient of a gradient, e.g. a gradient penalty through
+`torch.autograd.grad(..., create_graph=True)`) needs `backend="reference"`: on "native" the
+attention, on "triton" the attention and the window convolutions raise NotImplementedError
+naming the op and `backend="reference"` when a backward reaches them through such a graph.
 """
 
 from __future__ import annotations
@@ -122,12 +127,27 @@ def set_backend(module: torch_nn.Module, backend: str) -> None:
             layer.backend = backend
 
 
-def _check_map(name: str, x, channels: int, size: int | None, owner: str) -> None:
-    expected = f"(B, {channels}, {size}, {size})" if size is not None else f"(B, {channels}, h, w)"
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"{name} must be a {expected} tensor, got {getattr(x, 'shape', type(x))}")
-    if x.shape[1] != channels or (size is not None and tuple(x.shape[2:]) != (size, size)):
-        raise ValueError(f"{name} must be {expected} as {owner} was built for, got {tuple(x.shape)}")
+def _check_input(name: str, x, expected: tuple, owner: str, parameter: torch.Tensor) -> None:
+    """A block's forward argument `name`: a tensor of the `expected` shape (ints must match, strings
+    name free sizes) as `owner` was built for, in the dtype and on the device of the block's
+    `parameter` (under autocast, any dtype autocast casts). Checked here so that each message
+    names the block's own argument, not the op's underneath."""
+    shape = "(" + ", ".join(map(str, expected)) + ")"
+    if not isinstance(x, torch.Tensor) or x.dim() != len(expected):
+        raise ValueError(f"{name} must be a {shape} tensor, got {getattr(x, 'shape', type(x))}")
+    if any(isinstance(want, int) and got != want for got, want in zip(x.shape, expected)):
+        raise ValueError(f"{name} must be {shape} as {owner} was built for, got {tuple(x.shape)}")
+    if x.device != parameter.device:
+        raise ValueError(f"{name} is on {x.device} but {owner}'s parameters are on {parameter.device}")
+    autocast = (x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+                and x.dtype in ops._AUTOCAST_ELIGIBLE)
+    if x.dtype != parameter.dtype and not autocast:
+        raise TypeError(f"{name} must have dtype {parameter.dtype} as {owner}'s parameters do (or float32, "
+                        f"float16 or bfloat16 under autocast), got {x.dtype}")
+
+
+def _map_shape(channels: int, size: int | None) -> tuple:
+    return ("B", channels, size, size) if size is not None else ("B", channels, "h", "w")
 
 
 # ---- the local branch ---------------------------------------------------------------------------
@@ -137,7 +157,8 @@ class PatchEnsemble(torch_nn.Module):
 
     x (B, in_channels, S, S) with S = geometry.image_size -> (B, M, widths[-1], s, s), where s is
     `out_size` (the map adaptive-average-pooled to it) or, with `out_size=None`, the natural P // 8.
-    Parameters get `init` (see :func:`initialize`; None leaves them to the caller).
+    Parameters get `init` (see :func:`initialize`; None leaves them to the caller). Double
+    backward: every backend but "triton" (see the module's docstring).
     """
 
     def __init__(self, geometry: PatchGeometry, in_channels: int, widths: tuple[int, int, int] = (64, 128, 256),
@@ -158,8 +179,8 @@ class PatchEnsemble(torch_nn.Module):
             initialize(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_map("x", x, self.in_channels, self.geometry.image_size, "PatchEnsemble")
         first = self.convs[0]
+        _check_input("x", x, _map_shape(self.in_channels, self.geometry.image_size), "PatchEnsemble", first.weight)
         h = ops.patch_conv3x3(x, first.weight, first.bias, self.geometry, relu=True, backend=self.backend)
         for i, conv in enumerate(self.convs[1:], start=1):
             pool_after = i % 2 == 1  # layers 2, 4, 6 end a (conv, conv, pool) block
@@ -186,6 +207,7 @@ class LocalAttention(torch_nn.Module):
         super().__init__()
         c1, c2, c3, c4, hidden = widths
         groups = 1 if shared else num_patches
+        self.in_shape = ("B", "M" if shared else num_patches, in_channels, in_size, in_size)
         self.padding = local_attention_padding(in_size)
         self.convs = torch_nn.ModuleList([
             StackedConv(groups, in_channels, c1, 3),
@@ -200,6 +222,7 @@ class LocalAttention(torch_nn.Module):
             initialize(self, init)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
+        _check_input("f", f, self.in_shape, "LocalAttention", self.convs[0].weight)
         h = f
         for conv in self.convs:
             h = F.relu(conv(h, padding=self.padding if conv.weight.shape[-1] == 3 else 0))
@@ -226,7 +249,8 @@ class L1NonLocalAttention(torch_nn.Module):
     s = R V, as one fused op.
 
     low (B, in_channels, h, w) -> (s (B, grid², attention_dim), w_g (B, grid²)). Parameters get
-    `init` (None: torch's default Conv2d init).
+    `init` (None: torch's default Conv2d init). Double backward: `backend="reference"` only (see
+    the module's docstring).
     """
 
     def __init__(self, in_channels: int, attention_dim: int, grid: int, backend: str = "auto",
@@ -245,7 +269,7 @@ class L1NonLocalAttention(torch_nn.Module):
         return tuple(as_regions(pool_to_grid(F.relu(proj(low)), self.grid)) for proj in (self.query, self.key, self.value))
 
     def forward(self, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_map("low", low, self.in_channels, None, "L1NonLocalAttention")
+        _check_input("low", low, _map_shape(self.in_channels, None), "L1NonLocalAttention", self.query.weight)
         q, k, v = self.qkv(low)
         return ops.l1_nonlocal_attention(q, k, v, backend=self.backend)
 
@@ -264,7 +288,8 @@ class LNLHead(torch_nn.Module):
     and backend. Its image_size, in_channels and unet_widths describe the U-Net and are not used:
     the windows tile `high`, whose side is `high_size`. The parameters get the config's `init`;
     `initialize_parameters=False` leaves that to the caller (LNLAttenNet initialises backbone and
-    head in one pass, so a seed gives the weights it always gave).
+    head in one pass, so a seed gives the weights it always gave). Double backward:
+    `backend="reference"` only, as for :class:`L1NonLocalAttention` (see the module's docstring).
     """
 
     def __init__(self, high_channels: int, low_channels: int, high_size: int, config: LNLConfig | None = None,
@@ -331,8 +356,10 @@ class LNLHead(torch_nn.Module):
         return self
 
     def forward(self, high: torch.Tensor, low: torch.Tensor, return_features: bool = False) -> LNLOutput:
-        _check_map("high", high, self.high_channels, self.high_size, "LNLHead(high_channels, high_size)")
-        _check_map("low", low, self.low_channels, None, "LNLHead(low_channels)")
+        _check_input("high", high, _map_shape(self.high_channels, self.high_size), "LNLHead(high_channels, high_size)",
+                     self.patches.convs[0].weight)
+        _check_input("low", low, _map_shape(self.low_channels, None), "LNLHead(low_channels)",
+                     self.global_convs[0].weight)
         if low.shape[0] != high.shape[0]:
             raise ValueError(f"high and low must hold the same images, got batches {high.shape[0]} and {low.shape[0]}")
         cfg, batch, m = self.config, high.shape[0], self.geometry.num_patches

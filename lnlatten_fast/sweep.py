@@ -6,15 +6,23 @@ Any other flag is a `python -m lnlatten_fast.train` flag and goes to every run (
 as its own process, `--jobs` at a time; a rerun skips the finished ones and resumes the
 interrupted ones. DIR/table.md (the paper's layout, its numbers beside ours when the dataset is
 one of its) and DIR/table.csv are rewritten after every run.
+
+The runs die with the sweep: SIGTERM or SIGINT is passed on to each (a second one kills them)
+and the sweep waits for them; on Linux each run also gets SIGTERM when the sweep is killed
+outright (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import cli, train
@@ -68,7 +76,47 @@ def plan(sweep: str, passed: list[str]) -> dict:
 def _command(setting: sweeps.Setting, seed: int, directory: Path, passed: list[str]) -> list[str]:
     command = [sys.executable, "-m", "lnlatten_fast.train", *passed, *_setting_flags(setting),
                "--seed", str(seed), "--out", str(directory)]
-    return command + (["--resume"] if (directory / "last.pt").is_file() else [])
+    # A run killed with its sweep continues where it stopped (before its first epoch: from config.json).
+    started = (directory / "last.pt").is_file() or (directory / "config.json").is_file()
+    return command + (["--resume"] if started else [])
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _child_setup() -> Callable[[], None] | None:
+    """What each run does between fork and exec: leave the terminal's process group (a Ctrl-C
+    reaches the sweep, which passes it on once) and, on Linux, ask for SIGTERM when the sweep
+    dies, however it dies (SIGKILL included)."""
+    sweep = os.getpid()
+    prctl = None
+    if sys.platform.startswith("linux"):
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != sweep:  # the sweep died before the request was made
+                os.kill(os.getpid(), signal.SIGTERM)
+    return setup if os.name == "posix" else None
+
+
+def _stop_runs(running: list, signals: list[int]) -> None:
+    """SIGTERM to every run (each saves where it is) and wait for them; a further signal to the
+    sweep kills them instead of waiting."""
+    for process, _, _ in running:
+        process.send_signal(signal.SIGTERM)
+    first = len(signals)
+    while any(process.poll() is None for process, _, _ in running):
+        if len(signals) > first:
+            for process, _, _ in running:
+                process.kill()
+            first = len(signals)
+        time.sleep(0.1)
 
 
 def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
@@ -85,6 +133,7 @@ def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     description = "Every run: " + " ".join(["python -m lnlatten_fast.train", *passed]) + " plus the setting's flags."
     running: list[tuple[subprocess.Popen, str, Path]] = []
+    signals: list[int] = []  # SIGTERM / SIGINT received, in order
 
     def write_tables() -> tuple[Path, Path]:
         rows = sweeps.collect(out, sweep, list(range(seeds)), parameters)
@@ -92,7 +141,7 @@ def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
     failed: list[tuple[str, Path]] = []
 
     def reap(block: bool) -> None:
-        while running:
+        while running and not signals:
             for entry in list(running):
                 process, name, log = entry
                 if process.poll() is not None:
@@ -108,19 +157,39 @@ def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
                 return
             time.sleep(0.5)
 
-    for setting, seed in todo:
-        directory = sweeps.run_dir(out, setting, seed)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        log = directory.parent / f"seed{seed}.log"
-        name = f"{setting.slug} seed {seed}"
-        print(f"  {name}: training in {directory}", flush=True)
-        with open(log, "ab") as fh:
-            running.append((subprocess.Popen(_command(setting, seed, directory, passed), stdout=fh,
-                                             stderr=subprocess.STDOUT, env=env), name, log))
-        while len(running) >= jobs:
-            reap(block=False)
-    reap(block=True)
+    child_setup = _child_setup()
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {number: signal.signal(number, lambda number, _: signals.append(number)) for number in handled}
+    try:
+        for setting, seed in todo:
+            if signals:
+                break
+            directory = sweeps.run_dir(out, setting, seed)
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            log = directory.parent / f"seed{seed}.log"
+            name = f"{setting.slug} seed {seed}"
+            print(f"  {name}: training in {directory}", flush=True)
+            with open(log, "ab") as fh:  # preexec_fn: the sweep starts no threads of its own
+                process = subprocess.Popen(_command(setting, seed, directory, passed), stdin=subprocess.DEVNULL,
+                                           stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                           preexec_fn=child_setup)  # noqa: PLW1509
+            running.append((process, name, log))
+            while len(running) >= jobs and not signals:
+                reap(block=False)
+        reap(block=True)
+    finally:
+        if running:  # a signal, or an error of the sweep itself: no run outlives it
+            name = signal.Signals(signals[0]).name if signals else "an error"
+            print(f"sweep stopped by {name}: stopping {len(running)} run(s); rerun the same command "
+                  "to resume them", file=sys.stderr, flush=True)
+            _stop_runs(running, signals)
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
     markdown, table = write_tables()
+    if signals:
+        return 128 + signals[0]
     print(markdown.read_text())
     print(f"tables: {markdown}, {table}")
     if failed:

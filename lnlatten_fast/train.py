@@ -17,9 +17,10 @@ from .errors import TrainingDivergedError
 from .data.datasets import DATASETS
 from .data.datasets.synthetic import SPLIT_SIZES
 from .training.precision import PRECISIONS
+from .training.progress import LINE_INTERVAL_SECONDS, PROGRESS_MODES
 from .training.settings import L2_MODES, TrainSettings
 from .training.run_dir import resumed_settings
-from .training.trainer import train
+from .training.trainer import TrainingInterrupted, train
 
 
 def _preset_help() -> str:
@@ -75,7 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=d.seed,
                      help="seeds the weights, shuffling, augmentation, folds and synthetic faces")
     run.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<preset>-<time>)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last.pt (mid-epoch, where a SIGTERM, SIGUSR1 or "
+                          "SIGINT stopped it); refused when last.pt is unreadable or lost but the run has "
+                          "finished epochs")
+    run.add_argument("--restart", action="store_true",
+                     help="move the run in --out aside to --out/previous-N (nothing is deleted) and start over; "
+                          "with --resume, with the run's own settings")
     run.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                      help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: autocast on any device "
                           "(CPU autocast runs the GPU's precision path); master weights stay fp32")
@@ -93,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--deterministic", action="store_true",
                      help="cuDNN's deterministic algorithms and no autotuning (default: cudnn.benchmark picks "
                           "the fastest algorithm for the fixed training shapes)")
+    run.add_argument("--progress", choices=PROGRESS_MODES, default=d.progress,
+                     help="within an epoch, on stderr: bar, a progress bar redrawn in place; lines, a plain "
+                          f"line every {LINE_INTERVAL_SECONDS:.0f} s with step, loss, img/s and ETA (for a log "
+                          "file); none; auto: bar on a terminal, lines otherwise. Each epoch's line goes to "
+                          "stdout in every mode")
     return p
 
 
@@ -105,8 +117,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 def resumed_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> TrainSettings:
     """--resume: the run's own settings (from its checkpoint); a flag given on this command line
     may only repeat them, except --epochs, --device, --workers, --out (and --cache-dir,
-    --compile, --cuda-graphs, --deterministic and the trace flags, which change neither the data
-    nor the math)."""
+    --compile, --cuda-graphs, --deterministic, --progress and the trace flags, which change
+    neither the data nor the math)."""
     given = cli.given_flags(parser, sys.argv[1:] if argv is None else argv) - set(cli.MODEL_FLAGS)
     changes = {name: getattr(args, name) for name in given}
     changes.update(cli.model_overrides(args))
@@ -122,6 +134,9 @@ def main(argv=None) -> int:
         train(resumed_from_args(parser, args, argv) if args.resume else settings_from_args(args))
     except cli.LIBRARY_ERRORS as error:
         return cli.fail(error)
+    except TrainingInterrupted as stop:
+        print(f"{stop}; continue it with --resume --out {stop.run_dir}", file=sys.stderr, flush=True)
+        return stop.exit_status
     except TrainingDivergedError as error:
         print(f"error: {error}", file=sys.stderr)
         return cli.RUN_FAILED

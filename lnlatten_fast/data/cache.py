@@ -1,10 +1,29 @@
 """Decode and resize images once into a uint8 cache that batches are sliced from.
 
-A cache entry is `<name>-<size>px-<fingerprint>.npy` (N, S, S, 3 uint8, memory-mapped when
-read) plus `.labels.npy` beside it. The fingerprint hashes every source (path, size, mtime,
-label, crop box, or the pixels themselves), so a changed source gives a new entry and the
-stale one is removed. Files are written under a temporary name and renamed into place, so an
-interrupted build never leaves a half-written cache that looks finished.
+An entry is `<identity>-<fingerprint>.npy` (N, S, S, 3 uint8, memory-mapped when read), with
+`.labels.npy` and `.skipped.json` beside it and a `.lock` file. Its *identity* says which
+images it holds, without their state: the caller's name (dataset, split, the root's hash or
+the synthetic seed and index range), the size, and every part of the key but the last. Its
+*fingerprint*, the key's last part (letters and digits only), hashes the sources' state (path,
+size, mtime, label, crop box, or the pixels, or the renderer's version). So entries of
+different identities (another seed, size, split or root) coexist, and a changed source gives
+a new fingerprint of the same identity.
+
+Clean-up is conservative:
+- Superseded entries: after building an entry, the other fingerprints of the *same identity*
+  are removed, since the one just built reflects the sources as they are now. A reader holds a
+  shared flock on the entry's `.lock` from before it looks for the entry until it has opened
+  it (memory-mapped: on POSIX an open file survives its removal); a remover takes the lock
+  exclusively without waiting and skips the entry if that fails, so an entry is never removed
+  under a process that is opening it. Nothing of another identity is ever removed.
+- Temporaries: files are written as `.<file>.<host>-<pid>.tmp` and renamed into place (an
+  interrupted build never leaves a half-written entry that looks finished). A temporary whose
+  writer, on this host, is no longer alive is removed before the next build; a write that
+  fails (a full disk) removes its own.
+
+A cache directory that cannot be created or written is refused before anything is decoded,
+and a failed write names the file and the `cache_dir` parameter (--cache-dir,
+$LNLATTEN_CACHE). Without fcntl (not POSIX) there is no locking.
 """
 
 from __future__ import annotations
@@ -12,18 +31,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import sys
 from concurrent.futures import ProcessPoolExecutor
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from .. import jsonio
+from ..errors import ParameterError
 from .datasets import Sample
 from .images import FaceBoxError, ImageDecodeError, load_image
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking
+    fcntl = None
 
 __all__ = ["ImageSet", "default_cache_dir", "fingerprint", "build_image_cache", "cached_arrays", "decode_image"]
 
@@ -57,6 +85,23 @@ def default_cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lnlatten_fast"
     )
     return Path(root)
+
+
+def _cache_location(cache_dir: str | Path | None) -> tuple[Path, str]:
+    """The cache directory, and for messages where it came from when it was not given."""
+    if cache_dir is not None:
+        return Path(cache_dir), ""
+    origin = " (the default, from $LNLATTEN_CACHE)" if os.environ.get("LNLATTEN_CACHE") else " (the default)"
+    return default_cache_dir(), origin
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def _unusable(directory: Path, origin: str, problem: str) -> ParameterError:
+    return ParameterError(
+        "cache_dir", f"{directory}{origin} {problem}: point `cache_dir` or $LNLATTEN_CACHE at a writable directory")
 
 
 def fingerprint(samples: Sequence[Sample], size: int) -> str:
@@ -103,53 +148,194 @@ def _decode_chunk(args) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
     return out, failures
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
+# ---- entries, their locks and temporaries ---------------------------------------------------
+_FINGERPRINT = re.compile(r"[0-9A-Za-z]+")
+#: An entry's data files; the images file first: removed first, written last, so that its
+#: presence marks a complete entry.
+_ENTRY_FILES = (".npy", ".labels.npy", ".skipped.json")
+_HOST = socket.gethostname().replace(".", "_") or "localhost"  # a shared cache may span hosts
+_TEMPORARY = re.compile(r"\..+\.(?:npy|json)\.(?:(?P<host>[^.]+)-)?(?P<pid>\d+)\.tmp")
 
 
-def _load_entry(images_path: Path, labels_path: Path, skipped_path: Path) -> ImageSet | None:
+@dataclass(frozen=True)
+class _Entry:
+    directory: Path
+    identity: str
+    fingerprint: str
+
+    def file(self, suffix: str) -> Path:
+        return self.directory / f"{self.identity}-{self.fingerprint}{suffix}"
+
+    @property
+    def images(self) -> Path:
+        return self.file(".npy")
+
+    @property
+    def labels(self) -> Path:
+        return self.file(".labels.npy")
+
+    @property
+    def skipped(self) -> Path:
+        return self.file(".skipped.json")
+
+    @property
+    def lock(self) -> Path:
+        return self.file(".lock")
+
+
+def _lock(path: Path, exclusive: bool) -> IO | None:
+    """The open lock file holding a shared flock (waiting for it) or an exclusive one (not
+    waiting); None where that cannot be had, or the file cannot be opened (a read-only cache)."""
+    while True:
+        try:
+            fh = open(path, "a+")
+        except OSError:
+            return None
+        if fcntl is None:
+            return fh
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+            current = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        except OSError:
+            fh.close()
+            return None
+        if current:
+            return fh
+        fh.close()  # a remover deleted this lock file while we waited for it: lock the new one
+
+
+def _other_fingerprints(entry: _Entry) -> set[str]:
+    """The fingerprints of the other entries of the same identity in the directory."""
+    prefix = entry.identity + "-"
+    found = set()
+    for path in entry.directory.iterdir():
+        if not path.name.startswith(prefix):
+            continue
+        rest = path.name[len(prefix):]
+        for suffix in (*_ENTRY_FILES, ".lock"):
+            candidate = rest[: -len(suffix)] if rest.endswith(suffix) else ""
+            if _FINGERPRINT.fullmatch(candidate) and candidate != entry.fingerprint:
+                found.add(candidate)
+    return found
+
+
+def _remove_superseded(entry: _Entry) -> None:
+    """Remove the other fingerprints of `entry`'s identity, except those another process is opening."""
+    for other in _other_fingerprints(entry):
+        stale = dataclasses.replace(entry, fingerprint=other)
+        lock = _lock(stale.lock, exclusive=True)
+        if lock is None:
+            continue  # being opened: a later build removes it
+        with lock:
+            for suffix in _ENTRY_FILES:
+                stale.file(suffix).unlink(missing_ok=True)
+            stale.lock.unlink(missing_ok=True)
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_dead_temporaries(directory: Path) -> None:
+    """Remove the temporaries whose writer (on this host) is no longer alive: it was killed."""
+    for path in directory.glob(".*.tmp"):
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and match["host"] in (None, _HOST) and not _alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+
+
+def _write(path: Path, write: Callable[[IO], object], origin: str) -> None:
+    """`write(fh)` into `path`'s temporary, then renamed into place. A failed write (a full
+    disk) removes the temporary and names the file and `cache_dir`."""
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise ParameterError(
+                "cache_dir", f"{path.parent}{origin}: writing the cache file {path.name} failed ({_reason(error)}); "
+                "the partial file was removed: free space there or point `cache_dir` or $LNLATTEN_CACHE elsewhere"
+            ) from error
+        raise
+
+
+def _prepare_directory(directory: Path, origin: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unusable(directory, origin, f"cannot be created ({_reason(error)})") from error
+
+
+def _check_writable(entry: _Entry, origin: str) -> None:
+    """Refuse a cache directory that cannot take the entry, before anything is decoded."""
+    probe = _temporary(entry.images)
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise _unusable(entry.directory, origin, f"is not writable ({_reason(error)})") from error
+
+
+def _load_entry(entry: _Entry) -> ImageSet | None:
     """The cache entry, or None (with a warning naming the file) when a file of it is torn."""
     try:
-        images = np.load(images_path, mmap_mode="r")
-        labels = np.load(labels_path)
-        skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else []
+        images = np.load(entry.images, mmap_mode="r")
+        labels = np.load(entry.labels)
+        skipped = json.loads(entry.skipped.read_text()) if entry.skipped.exists() else []
         return ImageSet(images, labels, skipped=skipped)
     except (ValueError, OSError, EOFError) as error:
-        print(f"warning: cache file {images_path} is unreadable ({error}); rebuilding it", file=sys.stderr)
+        print(f"warning: cache file {entry.images} is unreadable ({error}); rebuilding it", file=sys.stderr)
         return None
 
 
 def cached_arrays(
-    cache_dir: Path, name: str, size: int, key: str, build: Callable[[], tuple]
+    cache_dir: str | Path | None, name: str, size: int, key: str, build: Callable[[], tuple]
 ) -> ImageSet:
-    """The cache entry (name, size, key), built with `build()` -> (images, labels[, skipped])
-    when it is missing or torn. `skipped`: [{"path", "reason"}] of images left out."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-{size}px"
-    images_path = cache_dir / f"{stem}-{key}.npy"
-    labels_path = cache_dir / f"{stem}-{key}.labels.npy"
-    skipped_path = cache_dir / f"{stem}-{key}.skipped.json"
-    if images_path.exists() and labels_path.exists():
-        entry = _load_entry(images_path, labels_path, skipped_path)
-        if entry is not None:
-            return entry
-        images_path.unlink(missing_ok=True)
-    built = build()
-    images, labels = built[0], built[1]
-    skipped = list(built[2]) if len(built) > 2 else []
-    _atomic_save(labels_path, np.asarray(labels, dtype=np.int64))
-    tmp = skipped_path.with_name(f".{skipped_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(skipped))
-    os.replace(tmp, skipped_path)
-    _atomic_save(images_path, images)  # written last: its presence marks a complete entry
-    for stale in cache_dir.glob(f"{stem}-*"):
-        if not stale.name.startswith(f"{stem}-{key}"):
-            stale.unlink(missing_ok=True)
-    return ImageSet(np.load(images_path, mmap_mode="r"), np.load(labels_path), skipped=skipped)
+    """The cache entry (name, size, key) in `cache_dir` (None: $LNLATTEN_CACHE, else
+    ~/.cache/lnlatten_fast), built with `build()` -> (images, labels[, skipped]) when it is
+    missing or torn. `skipped`: [{"path", "reason"}] of images left out. The last dash-separated
+    part of `key` is the fingerprint, the rest belongs to the identity (the module's docstring)."""
+    directory, origin = _cache_location(cache_dir)
+    identity, _, stamp = f"{name}-{size}px-{key}".rpartition("-")
+    if not _FINGERPRINT.fullmatch(stamp):
+        raise ValueError(f"cache key {key!r} must end in a fingerprint of letters and digits")
+    entry = _Entry(directory, identity, stamp)
+    _prepare_directory(directory, origin)
+    lock = _lock(entry.lock, exclusive=False)
+    try:
+        if entry.images.exists() and entry.labels.exists():
+            loaded = _load_entry(entry)
+            if loaded is not None:
+                return loaded
+            entry.images.unlink(missing_ok=True)
+        _check_writable(entry, origin)
+        _remove_dead_temporaries(directory)
+        built = build()
+        images, labels = built[0], np.asarray(built[1], dtype=np.int64)
+        skipped = list(built[2]) if len(built) > 2 else []
+        _write(entry.labels, lambda fh: np.save(fh, labels), origin)
+        _write(entry.skipped, lambda fh: fh.write(jsonio.dumps(skipped).encode()), origin)
+        _write(entry.images, lambda fh: np.save(fh, images), origin)
+        _remove_superseded(entry)
+        return ImageSet(np.load(entry.images, mmap_mode="r"), np.load(entry.labels), skipped=skipped)
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def build_image_cache(
@@ -162,7 +348,6 @@ def build_image_cache(
     `strict` it raises ImageDecodeError naming the file instead."""
     if not samples:
         raise ValueError(f"{name}: no images to cache (the reader found none)")
-    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
 
     def build():
         chunk = 256

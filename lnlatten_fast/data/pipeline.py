@@ -67,6 +67,10 @@ class BatchLoader:
     """Iterate (x, y) batches of `indices` of a uint8 image array, on `device`.
 
     `augment` turns on flip + crop. `epoch_seed` fixes the shuffle and the augmentation.
+    `position()` says where the current pass stands (batches handed out, the random
+    generators' states); a loader given it as `start` hands out exactly the batches, and
+    draws exactly the augmentations, that the interrupted pass had left. `len` counts the
+    whole pass either way.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class BatchLoader:
         crop_padding: int = 0,
         epoch_seed: int = 0,
         drop_last: bool = False,
+        start: dict | None = None,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -89,6 +94,20 @@ class BatchLoader:
         self.batch_size, self.device = batch_size, torch.device(device)
         self.shuffle, self.augment, self.crop_padding = shuffle, augment, crop_padding
         self.epoch_seed, self.drop_last = epoch_seed, drop_last
+        self.start = start
+        self._position: tuple[int, torch.Generator, torch.Generator] | None = None
+
+    def position(self) -> dict:
+        """Where the current pass stands: {"batches": handed out, "generator": the host
+        generator's state, "device_generator": the CUDA augmentation generator's (on CUDA)}.
+        Plain tensors and ints (a checkpoint holds it); only the pass's own draws are in it."""
+        if self._position is None:
+            raise RuntimeError("position() of a loader that has not started a pass")
+        batches, generator, draws = self._position
+        state = {"batches": batches, "generator": generator.get_state()}
+        if draws is not generator:
+            state["device_generator"] = draws.get_state()
+        return state
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -110,21 +129,33 @@ class BatchLoader:
             x, y = x.pin_memory(), y.pin_memory()
         return x, y
 
-    def _chunks(self, order: np.ndarray):
+    def _chunks(self, order: np.ndarray, first: int = 0):
         stop = len(self) * self.batch_size
-        for start in range(0, min(stop, len(order)), self.batch_size):
+        for start in range(first * self.batch_size, min(stop, len(order)), self.batch_size):
             yield order[start : start + self.batch_size]
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.epoch_seed)
-        order = self._order(generator)
-        if self.device.type != "cuda":  # the CPU generator orders and augments, as it always did
-            for x_u8, y in map(self._host_batch, self._chunks(order)):
-                yield device_batch(x_u8, y, self.device, augment_batch=self.augment, generator=generator,
-                                   crop_padding=self.crop_padding)
-            return
-        draws = torch.Generator(device=self.device).manual_seed(self.epoch_seed)
-        yield from self._cuda_batches(self._prefetched(order), draws)
+        order = self._order(generator)  # from the seed, also when resuming: the order is the pass's
+        # The CPU generator orders and augments, as it always did; CUDA draws on the device.
+        cuda = self.device.type == "cuda"
+        draws = torch.Generator(device=self.device).manual_seed(self.epoch_seed) if cuda else generator
+        first = 0
+        if self.start is not None:
+            first = int(self.start["batches"])
+            generator.set_state(self.start["generator"])
+            if cuda:
+                draws.set_state(self.start["device_generator"])
+        self._position = (first, generator, draws)
+        batches = self._cuda_batches(self._prefetched(order, first), draws) if cuda else (
+            device_batch(x_u8, y, self.device, augment_batch=self.augment, generator=generator,
+                         crop_padding=self.crop_padding)
+            for x_u8, y in map(self._host_batch, self._chunks(order, first)))
+        for handed_out, batch in enumerate(batches, start=first + 1):
+            # Counted before the batch is handed out: a position taken while the caller works on
+            # batch k says k. The augmentation of batch k + 1 is drawn only when it is asked for.
+            self._position = (handed_out, generator, draws)
+            yield batch
 
     def _cuda_batches(self, host_batches, generator: torch.Generator):
         """Copy batch k + 1 on a side stream while batch k trains: the compute stream only waits
@@ -159,14 +190,14 @@ class BatchLoader:
         return device_batch(x_u8, y, self.device, augment_batch=self.augment, generator=generator,
                             crop_padding=self.crop_padding)
 
-    def _prefetched(self, order: np.ndarray, depth: int = 2):
-        """Gather and pin the next batches on a thread while the device works."""
+    def _prefetched(self, order: np.ndarray, first: int = 0, depth: int = 2):
+        """Gather and pin the next batches (from batch `first` on) on a thread while the device works."""
         queue: Queue = Queue(maxsize=depth)
         done = object()
 
         def work():
             try:
-                for chunk in self._chunks(order):
+                for chunk in self._chunks(order, first):
                     queue.put(self._host_batch(chunk))
             except BaseException as error:  # re-raised on the consuming side, not lost
                 queue.put(error)

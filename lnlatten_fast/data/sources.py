@@ -10,9 +10,10 @@ import hashlib
 from pathlib import Path
 
 from ..errors import MissingPathError, ParameterError
-from .cache import ImageSet, build_image_cache, cached_arrays, default_cache_dir
+from .cache import ImageSet, build_image_cache, cached_arrays
 from .datasets import DATASETS, SYNTHETIC, read_dataset
 from .datasets import synthetic
+from .images import ImageDecodeError
 
 __all__ = ["load_split"]
 
@@ -34,12 +35,13 @@ def load_split(
     `data_root` is the dataset's root (not needed for the synthetic set, which draws
     `synthetic_size` images from `seed` instead, each occluded with probability
     `synthetic_occlusion`); `workers` processes decode into `cache_dir`.
-    An image that cannot be decoded is left out and listed in the result's `skipped`; with
-    `strict` it raises ImageDecodeError naming the file.
+    An image that cannot be decoded, or an entry the reader's folder walk found named like an
+    image that is not a readable image file (a directory, a broken link, a symlink loop), is
+    left out and listed with the reason in the result's `skipped`; with `strict` it raises
+    ImageDecodeError naming the file.
     """
     if dataset not in DATASETS:
         raise ParameterError("dataset", f"must be one of {', '.join(DATASETS)}; got {dataset!r}")
-    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     if dataset == SYNTHETIC:
         key = synthetic.cache_key(split, seed, synthetic_size, synthetic_occlusion)
         draw = lambda: synthetic.draw(split, image_size, seed, synthetic_size, synthetic_occlusion)  # noqa: E731
@@ -50,6 +52,10 @@ def load_split(
     if not root.exists():
         raise MissingPathError("data_root", f"{root} does not exist")
     samples = read_dataset(dataset, root, split)
+    if strict and samples.skipped:
+        raise ImageDecodeError(samples.skipped[0]["path"], samples.skipped[0]["reason"])
     root_tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
     name = f"{dataset}-{split}-{root_tag}"
-    return build_image_cache(samples, image_size, name, cache_dir, workers, strict=strict)
+    images = build_image_cache(samples, image_size, name, cache_dir, workers, strict=strict)
+    images.skipped = [*samples.skipped, *images.skipped]
+    return images

@@ -3,7 +3,10 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts: `model` (state
 dict), `config` (LNLConfig fields), `settings` (`TrainSettings.to_dict()`, the model nested
 under `settings["model"]`), `epoch`, `test_accuracy`, `class_names`, `fold`, and in `last.pt`
-also `optimizer`, `scheduler`, `history` and `rng` (`rng_state()`) for --resume.
+also `optimizer`, `scheduler`, `history` and `rng` (`rng_state()`) for --resume. A `last.pt`
+written when a stop signal interrupted an epoch also holds `partial`: where in the epoch it
+stopped (`epoch`, `step`, the loader's `position()`, the running `loss_sum`, `train_seconds`);
+its model is then the model after that step, and `epoch` still names the last finished epoch.
 
 `load` returns every checkpoint in the current layout: older formats, and state_dicts with the
 flat keys of the model before lnlatten_fast.nn (`model.migrate_state_dict`), are migrated here.
@@ -35,7 +38,7 @@ import torch
 from ..model import migrate_state_dict
 
 __all__ = [
-    "FORMAT", "save_atomic", "load", "Snapshot", "snapshot", "CheckpointWriter", "PendingSnapshot", "rng_state",
+    "FORMAT", "UnreadableCheckpointError", "save_atomic", "load", "problem", "Snapshot", "snapshot", "CheckpointWriter", "PendingSnapshot", "rng_state",
     "restore_rng_state",
 ]
 
@@ -81,23 +84,53 @@ def _write_atomic(payload: dict, path: Path) -> None:
         raise OSError(f"could not write checkpoint {path}: {reason} ({free // 2**20} MiB free)") from error
 
 
+class UnreadableCheckpointError(ValueError):
+    """`load` could not read `path` as a checkpoint: `reason` says why in a phrase ("is
+    truncated or not a checkpoint (0 bytes)"); the message adds what to do."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"checkpoint {path} {reason}: pass another one (a run's best.pt or last.pt), "
+                         f"or copy it again from where it came")
+        self.path, self.reason = path, reason
+
+
 def load(path, mmap: bool = False) -> dict:
     """The checkpoint as a dict in the current format. `mmap`: map the tensors from the file
-    instead of reading them (cheap when only the settings or history are wanted)."""
+    instead of reading them (cheap when only the settings or history are wanted).
+    UnreadableCheckpointError for an empty, torn or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as error:  # a torn or foreign file: say which one
-        raise ValueError(f"checkpoint {path} could not be read: {error}") from error
+    except OSError:  # unreadable for the system's reasons (permissions): its message names them
+        raise
+    except Exception as error:  # torch's reason is its internals ("mmap", a zip record): not the user's words
+        size = path.stat().st_size
+        raise UnreadableCheckpointError(path, f"is truncated or not a checkpoint ({size} bytes)") from error
     if isinstance(payload, dict) and payload.get("format") == _FORMAT_1:
         payload = _migrate_format_1(payload)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path} is not an lnlatten_fast checkpoint (format {FORMAT} expected)")
+        raise UnreadableCheckpointError(path, f"is not an lnlatten_fast checkpoint (format {FORMAT} expected)")
     if "model" in payload:  # the state_dict's keys from before lnlatten_fast.nn
         payload["model"] = migrate_state_dict(payload["model"])
     return payload
+
+
+def problem(path) -> str | None:
+    """What keeps `path` from serving as a model (a phrase: "does not exist", "is truncated or
+    not a checkpoint (0 bytes)", "holds non-finite weights (name)"), or None when it loads and
+    its weights are finite."""
+    try:
+        model = load(path).get("model")
+    except FileNotFoundError:
+        return "does not exist"
+    except UnreadableCheckpointError as error:
+        return error.reason
+    if not isinstance(model, dict) or not model:
+        return "holds no model"
+    bad = [name for name, t in model.items() if torch.is_floating_point(t) and not bool(t.isfinite().all())]
+    return f"holds non-finite weights ({', '.join(bad[:3])})" if bad else None
 
 
 def _migrate_format_1(payload: dict) -> dict:

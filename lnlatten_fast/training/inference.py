@@ -1,7 +1,7 @@
 """Load a trained model from a checkpoint and run it on image files.
 
     from lnlatten_fast.training.inference import predict_files
-    result = predict_files(["face.jpg"], "runs/rafdb-paper/best.pt")
+    result = predict_files(["face.jpg"], "runs/rafdb-paper/best.pt")   # or the run directory itself
     result.ranked[0]          # [("Happiness", 0.91), ("Neutral", 0.04), ("Surprise", 0.02)]
 """
 
@@ -14,25 +14,73 @@ import numpy as np
 import torch
 
 from ..config import LNLConfig
+from ..data import labels
 from ..data.cache import decode_image
-from ..data.datasets import Sample
+from ..data.datasets import IMAGE_EXTENSIONS, Sample
+from ..data.datasets._common import image_files
+from ..errors import MissingPathError, ParameterError
 from ..data.pipeline import to_model_input
 from ..geometry import PatchGeometry
 from ..model import LNLAttenNet
+from ..ops.dispatch import resolve_name
 from . import checkpoint
 from .distributed import pick_device
 from .precision import autocast
 
-__all__ = ["load_model", "load_images", "predict", "Predictions", "predict_files"]
+__all__ = ["checkpoint_file", "class_names", "load_model", "image_paths", "load_images", "predict", "Predictions",
+           "predict_files"]
+
+#: The checkpoint a run directory stands for.
+RUN_CHECKPOINT = "best.pt"
+
+
+def checkpoint_file(path) -> Path:
+    """`path` itself, or for a run directory its best.pt (MissingPathError("checkpoint") naming
+    the directory and what it holds when there is none)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if (path / RUN_CHECKPOINT).is_file():
+        return path / RUN_CHECKPOINT
+    held = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if not p.name.startswith("."))
+    listing = ", ".join(held[:8]) + (", ..." if len(held) > 8 else "") if held else "nothing"
+    folds = [name for name in held if name.startswith("fold")]
+    if folds:
+        hint = f"; a K-fold run: pass one fold's, e.g. {path / folds[0] / RUN_CHECKPOINT}"
+    else:
+        hint = f"; pass {path / 'last.pt'} for its last epoch" if "last.pt" in held else ""
+    raise MissingPathError("checkpoint", f"{path} is a directory without {RUN_CHECKPOINT} (it holds {listing}){hint}")
+
+
+def class_names(payload: dict, path) -> list[str]:
+    """The names of the checkpoint's classes, one per output of its model: its own `class_names`,
+    or the canonical 7 (8 with Contempt) when it carries none. A checkpoint whose names do not
+    match its model's class count is refused (ParameterError("checkpoint"))."""
+    count = payload["config"].get("num_classes", labels.NUM_CLASSES)
+    names = payload.get("class_names")
+    if names is None:
+        names = {len(labels.CLASS_NAMES): labels.CLASS_NAMES, len(labels.CLASS_NAMES_8): labels.CLASS_NAMES_8}.get(count)
+    if names is None or len(names) != count:
+        given = "no class names" if names is None else f"{len(names)} class names ({', '.join(names)})"
+        raise ParameterError("checkpoint", f"{path}: its model has {count} classes but it carries {given}; "
+                             "it was not written by lnlatten_fast.train, or was changed since")
+    return list(names)
 
 
 def load_model(path, device: torch.device, backend: str | None = None) -> tuple[LNLAttenNet, dict]:
     """The checkpoint's model in eval mode on `device` (on `backend`, default the run's), and the
-    checkpoint's payload."""
+    checkpoint's payload, its `class_names` checked against the model. `path` is a checkpoint
+    file or a run directory (its best.pt)."""
+    path = checkpoint_file(path)
     payload = checkpoint.load(path)
     config = LNLConfig.from_dict(payload["config"])
     if backend is not None:
         config = config.replace(backend=backend)
+    try:
+        resolve_name(config.backend, device)
+    except RuntimeError as error:  # dispatch says "backend X cannot run on Y: <why>"
+        raise ParameterError("backend", f"{config.backend!r} cannot run on {device}: "
+                             f"{str(error).split(': ', 1)[-1]}") from None
     model = LNLAttenNet(config)
     expected, found = model.state_dict(), payload["model"]
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
@@ -43,19 +91,34 @@ def load_model(path, device: torch.device, backend: str | None = None) -> tuple[
         k = wrong[0]
         raise ValueError(f"checkpoint {path} does not match its config (num_classes {config.num_classes}): {k} has "
                          f"shape {tuple(found[k].shape)}, the config's model {tuple(expected[k].shape)}")
+    payload["class_names"] = class_names(payload, path)
     model.load_state_dict(found)
     return model.to(device).channels_last().eval(), payload
 
 
+def image_paths(paths) -> list[Path]:
+    """The image files `paths` name: a file as it is, a folder as the image files directly in it
+    (by name; other files and subfolders are left out). MissingPathError("paths") for a path
+    that does not exist or a folder without images."""
+    found = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise MissingPathError("paths", f"{path} does not exist")
+        if path.is_dir():
+            inside = image_files(path)
+            if not inside:
+                raise MissingPathError("paths", f"{path} is a folder without image files (suffixes "
+                                       f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+            found += inside
+        else:
+            found.append(path)
+    return found
+
+
 def load_images(paths, size: int) -> np.ndarray:
-    """Image files -> uint8 (N, size, size, 3), decoded exactly as the training cache does."""
-    images = []
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} does not exist")
-        images.append(decode_image(Sample(0, path=path), size))
-    return np.stack(images)
+    """Image files (or folders of them: `image_paths`) -> uint8 (N, size, size, 3), decoded
+    exactly as the training cache does."""
+    return np.stack([decode_image(Sample(0, path=path), size) for path in image_paths(paths)])
 
 
 @torch.no_grad()
@@ -76,8 +139,9 @@ def predict(model: LNLAttenNet, images_u8: np.ndarray, device: torch.device, pre
 
 @dataclass
 class Predictions:
-    """What `predict_files` found, one entry per image, in the order given."""
+    """What `predict_files` found, one entry per image, in the order given (a folder's images by name)."""
 
+    paths: list[Path]  # the image files
     images: np.ndarray  # uint8 (N, S, S, 3), as the model saw them
     ranked: list[list[tuple[str, float]]]  # the top classes of each image, most probable first
     nonlocal_weights: torch.Tensor  # w_g, (N, M)
@@ -86,10 +150,12 @@ class Predictions:
 
 
 def predict_files(paths, checkpoint_path, device: str = "auto", top: int = 3) -> Predictions:
-    """The `top` most probable expressions of each image file, by the model in `checkpoint_path`."""
+    """The `top` most probable expressions of each image file (`paths` may name folders: their
+    images), by the model in `checkpoint_path` (a checkpoint file or a run directory)."""
     chosen = pick_device(device)
     model, payload = load_model(checkpoint_path, chosen)
-    images = load_images(paths, model.config.image_size)
+    files = image_paths(paths)
+    images = load_images(files, model.config.image_size)
     names = payload["class_names"]
     probs, nonlocal_weights, local_weights = predict(model, images, chosen)
     if not bool(probs.isfinite().all()):
@@ -100,4 +166,4 @@ def predict_files(paths, checkpoint_path, device: str = "auto", top: int = 3) ->
         [(names[c], p) for p, c in zip(values, indices)]
         for values, indices in zip(best.values.tolist(), best.indices.tolist())
     ]
-    return Predictions(images, ranked, nonlocal_weights, local_weights, model.geometry)
+    return Predictions(files, images, ranked, nonlocal_weights, local_weights, model.geometry)

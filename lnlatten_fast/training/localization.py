@@ -14,7 +14,9 @@ The paper shows this only by eye (figs. 10-13). Here it is three numbers:
   falls, the others stay). Both drops are reported beside it.
 
 Every figure is a mean over images of a per-image value, so the numbers of runs of different
-lengths and datasets compare.
+lengths and datasets compare. A figure the images cannot define is None (null in summary.json,
+"undefined" in summary.md): the ratios when every patch touches a cue (always so at M = 1), the
+correlation when w_g or the cue areas are constant, the others' drop when there is no other patch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .inference import predict
 
 __all__ = [
     "OCCLUSION_FILL", "patch_areas", "spearman", "crucial_mass_ratio", "crucial_rank_corr", "occluded_copies",
-    "occlusion_drops", "measure",
+    "occlusion_drops", "measure", "summary_lines",
 ]
 
 #: The grey an occluded patch is filled with (uint8 RGB), as the synthetic occluders' grey.
@@ -90,6 +92,10 @@ def occluded_copies(image: np.ndarray, geom: PatchGeometry) -> np.ndarray:
     return copies
 
 
+def _defined(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
 def _weights(model, images_u8: np.ndarray, device, precision: str) -> tuple[np.ndarray, np.ndarray]:
     """(w_g, w_l) as numpy, BATCH images at a time."""
     _, w_g, w_l = predict(model, images_u8, device, precision, batch_size=BATCH)
@@ -120,23 +126,52 @@ def measure(model, images_u8: np.ndarray, regions: np.ndarray, device, precision
         result = {
             "images": int(len(images_u8)),
             "crucial_patches_mean": float((areas > 0).sum(axis=1).mean()),
-            "crucial_mass_ratio": ratio,
-            "crucial_mass_ratio_ceiling": ceiling,
-            "crucial_rank_corr": crucial_rank_corr(w_g, areas),
+            "crucial_mass_ratio": _defined(ratio),
+            "crucial_mass_ratio_ceiling": _defined(ceiling),
+            "crucial_rank_corr": _defined(crucial_rank_corr(w_g, areas)),
         }
         if model.local_attention is None:  # w_l is 1 everywhere: nothing to measure
             return dict(result, occlusion_selectivity=None)
         drops = occlusion_drops(model, images_u8[:occlusion_images], w_l[:occlusion_images], device, precision)
         own = np.diagonal(drops, axis1=1, axis2=2)
-        others = (drops.sum(axis=2) - own) / (geom.num_patches - 1)
-        own_mean, others_mean = float(own.mean()), float(others.mean())
+        own_mean, others_mean = float(own.mean()), None
+        if geom.num_patches > 1:  # one patch has no others to compare it with
+            others_mean = float(((drops.sum(axis=2) - own) / (geom.num_patches - 1)).mean())
         return dict(
             result,
             occlusion_images=int(len(drops)),
             occlusion_own_drop=own_mean,
             occlusion_other_drop=others_mean,
             # A ratio of drops is only meaningful when the others' drop is positive.
-            occlusion_selectivity=own_mean / others_mean if others_mean > 0 else None,
+            occlusion_selectivity=own_mean / others_mean if others_mean is not None and others_mean > 0 else None,
         )
     finally:
         model.train(was_training)
+
+
+def summary_lines(found: dict) -> list[str]:
+    """The figures of `measure` as summary.md's bullet lines ("undefined" where one is None)."""
+    def shown(key: str, form: str = ".2f", suffix: str = "") -> str:
+        return "undefined" if found.get(key) is None else f"{found[key]:{form}}{suffix}"
+
+    if found["crucial_mass_ratio"] is None:
+        preference = ("w_g's preference for the patches that touch a cue is undefined (no face has both such "
+                      "patches and others)")
+    else:
+        preference = (f"w_g puts **{found['crucial_mass_ratio']:.2f}x** the uniform share of its mass on the "
+                      f"{found['crucial_patches_mean']:.1f} patches that touch a cue (ceiling "
+                      f"{shown('crucial_mass_ratio_ceiling', suffix='x')})")
+    lines = [
+        f"- localisation on {found['images']} test faces (ground-truth eyes, brows, mouth): {preference}; "
+        f"Spearman(w_g, cue area) {shown('crucial_rank_corr')}",
+    ]
+    if "occlusion_own_drop" in found:
+        selectivity = found["occlusion_selectivity"]
+        lines.append(
+            f"- occluding a patch lowers its own w_l by {found['occlusion_own_drop']:.4f} and the others' by "
+            f"{shown('occlusion_other_drop', '.4f')} on average: selectivity "
+            + (f"**{selectivity:.2f}**" if selectivity is not None
+               else "undefined (there are no other patches)" if found["occlusion_other_drop"] is None
+               else "undefined (the others' w_l did not fall)")
+        )
+    return lines

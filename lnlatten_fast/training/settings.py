@@ -19,6 +19,7 @@ from ..config import PRESETS, LNLConfig
 from ..data.labels import NUM_CLASSES
 from ..errors import ParameterError
 from .precision import check_precision
+from .progress import PROGRESS_MODES
 
 __all__ = ["TrainSettings", "L2_MODES"]
 
@@ -42,6 +43,7 @@ class TrainSettings:
     seed: int = 0
     out: str | None = None
     resume: bool = False
+    restart: bool = False  # move the run in `out` aside (out/previous-N) and start over; never deletes it
     workers: int = 0
     compile: bool = False  # forward, loss, backward and AdamW as one torch.compile graph (step.py)
     cuda_graphs: bool = False  # capture the compiled step in a CUDA graph and replay it (needs compile, CUDA)
@@ -57,6 +59,7 @@ class TrainSettings:
     strict: bool = False  # an undecodable image fails the run (default: skipped and listed)
     trace_every: int = 50  # record probes' w_g, w_l every this many steps (0: never); trace.py
     trace_images: int = 8  # probe test images in the trace
+    progress: str = "auto"  # PROGRESS_MODES: a bar on a terminal, plain lines in a log (progress.py)
 
     def validate(self) -> None:
         """Check every field, and fill in the preset's model, batch size and lr where None."""
@@ -91,8 +94,13 @@ class TrainSettings:
                 raise ParameterError(name, f"must be >= 0 (0: no attention trace), got {getattr(self, name)}")
         if self.cuda_graphs and not self.compile:
             raise ParameterError("cuda_graphs", "needs compile: the graph it captures is the compiled step's")
+        if self.progress not in PROGRESS_MODES:
+            raise ParameterError("progress", f"must be one of {', '.join(PROGRESS_MODES)}, got {self.progress!r}")
         if self.workers < 0:
             raise ParameterError("workers", f"must be >= 0, got {self.workers}")
+        # Checked here, not first by the generators it seeds (after the run directory is written).
+        if not 0 <= self.seed < 2**32:  # numpy's seed range; the per-epoch seeds derived from it stay in int64
+            raise ParameterError("seed", f"must be in [0, 2**32 - 1], got {self.seed}")
         if self.folds is not None and self.folds != 0 and self.folds < 2:
             raise ParameterError("folds", f"must be 0 (the dataset's own split) or >= 2, got {self.folds}")
         if not 0.0 <= self.val_fraction < 1.0:

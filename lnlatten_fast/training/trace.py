@@ -41,7 +41,9 @@ def probe_indices(labels: np.ndarray, count: int) -> np.ndarray:
 class AttentionTrace:
     """Records probes' (w_g, w_l) every `every` steps; `save` writes them atomically."""
 
-    def __init__(self, run_dir: Path, test_set: ImageSet, every: int, count: int, device, epochs_done: int):
+    def __init__(self, run_dir: Path, test_set: ImageSet, every: int, count: int, device, steps_done: int):
+        """`steps_done`: the training steps of the run its checkpoint holds (a resumed run keeps
+        the records up to there and drops any a killed run took after it; 0: a new trace)."""
         self.path = Path(run_dir) / FILE
         self.every = every
         self.records: dict[str, list] = {"epoch": [], "step": [], "w_g": [], "w_l": []}
@@ -52,9 +54,9 @@ class AttentionTrace:
             return
         loader = BatchLoader(test_set.images, test_set.labels, self.indices, len(self.indices), device)
         self.x, _ = next(iter(loader))
-        if self.path.exists() and epochs_done:  # a resumed run keeps what its saved epochs traced
+        if self.path.exists() and steps_done:
             old = np.load(self.path)
-            keep = old["epoch"] <= epochs_done
+            keep = old["step"] <= steps_done
             self.records = {key: list(old[key][keep]) for key in self.records}
 
     @torch.no_grad()

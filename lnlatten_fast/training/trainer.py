@@ -4,14 +4,20 @@ Adam (lr 3e-4, x0.95 per epoch), eq. 3 loss, horizontal flip + random crop, 24 e
 accuracy every epoch, and the paper's number: the mean of the last 10 epochs' test accuracy.
 CK+ (and any dataset run with `folds` = K) is trained K times on subject-independent folds and
 reported as mean ± std. Under torchrun the batch is split across processes with DDP.
+
+A single-process run stops cleanly on SIGTERM, SIGUSR1 (a scheduler's warning) and SIGINT: the
+current step finishes, last.pt is written with where the epoch stood (`StopSignals`), and
+`TrainingInterrupted` says what was saved; `resume` continues from that step exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
+import dataclasses
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
-from tqdm import tqdm
 
-from .. import figures
+from .. import figures, jsonio
 from ..data import labels
 from ..data.cache import ImageSet
 from ..data.pipeline import BatchLoader
@@ -29,16 +34,17 @@ from ..data.splits import stratified_holdout
 from ..errors import ParameterError, PathExistsError, TrainingDivergedError
 from ..model import LNLAttenNet, lnl_loss
 from ..ops.dispatch import resolve_name
-from . import checkpoint, distributed, localization, metrics, run_dir as runs
+from . import checkpoint, distributed, localization, memory, metrics, run_dir as runs
 from .evaluation import evaluate
 from .loading import load_data, load_test_regions
 from .precision import autocast, resolve_precision
+from .progress import Progress
 from .step import TrainStep, build_optimizer, current_lr, use_tensor_lr
 from .settings import TrainSettings
 from .telemetry import GpuMonitor
 from .trace import AttentionTrace
 
-__all__ = ["LAST_EPOCHS_AVERAGED", "TrainSettings", "fit", "train", "summarize"]
+__all__ = ["LAST_EPOCHS_AVERAGED", "TrainSettings", "TrainingInterrupted", "StopSignals", "fit", "train", "summarize"]
 
 LAST_EPOCHS_AVERAGED = 10  # the paper reports the mean of the last 10 epochs
 # The loss is checked for NaN/inf every this many steps: each check waits for the device, and
@@ -73,6 +79,64 @@ def _all_finite(model: torch.nn.Module) -> bool:
     return bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
 
 
+# ---- stop signals ----------------------------------------------------------------------------
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal ended the run once what it had done was saved. str(error) says what was
+    saved; `exit_status` is the conventional 128 + the signal's number; `run_dir` is the run
+    that `resume` continues."""
+
+    def __init__(self, signum: int, message: str, run_dir: Path):
+        super().__init__(message)
+        self.signum, self.run_dir = signum, run_dir
+        self.exit_status = 128 + signum
+
+
+class StopSignals:
+    """SIGTERM, SIGUSR1 and SIGINT as a request the training loop answers at its next safe
+    point: after the current step (a mid-epoch last.pt), or after an epoch's checkpoint. The
+    handler only records the signal there (`deferred()`); elsewhere nothing in progress could
+    be saved, so it raises TrainingInterrupted at once. Used as a context manager it installs
+    the handlers and restores the previous ones on exit; a StopSignals never entered just
+    never receives anything."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.received: int | None = None
+        self._deferring = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = signum
+        if not self._deferring:
+            raise self.interrupted("no training step was in progress, so nothing unsaved was lost")
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """While inside, a signal is only recorded in `received` for the loop to answer."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def interrupted(self, what: str) -> TrainingInterrupted:
+        return TrainingInterrupted(self.received, f"stopped by {signal.Signals(self.received).name}: {what}",
+                                   self.run_dir)
+
+
 # ---- one training run ----------------------------------------------------------------------
 @contextlib.contextmanager
 def _cudnn_autotuning(settings: TrainSettings, device: torch.device):
@@ -96,8 +160,11 @@ def fit(
     ctx: distributed.Context,
     val_set: ImageSet | None = None,
     fold: int | None = None,
+    stop: StopSignals | None = None,
 ) -> dict:
-    """Train one model; write metrics and checkpoints to `run_dir`; return its summary."""
+    """Train one model; write metrics and checkpoints to `run_dir`; return its summary.
+    `stop`: the signals that end it early (TrainingInterrupted, once last.pt says where it stood)."""
+    stop = stop if stop is not None else StopSignals(run_dir)
     cfg = settings.model
     torch.manual_seed(settings.seed)
     model = LNLAttenNet(cfg).to(ctx.device).channels_last()
@@ -112,6 +179,7 @@ def fit(
     loss_l2 = cfg.l2_lambda if settings.l2_mode == "loss" else 0.0
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_decay)
     history: list[dict] = []
+    partial = None  # where an epoch a stop signal interrupted stood
     last_path = run_dir / "last.pt"
     if settings.resume and last_path.exists():
         state = checkpoint.load(last_path)
@@ -120,13 +188,15 @@ def fit(
         use_tensor_lr(optimizer, settings.compile)  # the saved run may have been compiled or not
         scheduler.load_state_dict(state["scheduler"])
         history = list(state["history"])
+        partial = state.get("partial")
         checkpoint.restore_rng_state(state["rng"])  # every device's: dropout on CUDA draws there
     if settings.resume and ctx.is_main:
         # The checkpoint is the truth: the metrics files say what it says (a kill between two
         # writes may have left them an epoch ahead or behind).
         runs.rewrite_metrics(run_dir, history)
-        print(f"resuming {run_dir} at epoch {len(history)}"
-              + ("" if history else " (no epoch was saved: starting over)"), flush=True)
+        where = f", step {partial['step']} of epoch {partial['epoch']}" if partial else ""
+        print(f"resuming {run_dir} at epoch {len(history)}{where}"
+              + ("" if history or partial else " (no epoch was saved: starting over)"), flush=True)
     precision = resolve_precision(settings.precision, ctx.device)
     crop = settings.crop_padding if settings.crop_padding is not None else cfg.image_size // 16
     sampler = DistributedSampler(range(len(train_set)), ctx.world_size, ctx.rank, shuffle=True, seed=settings.seed)
@@ -140,32 +210,42 @@ def fit(
                            cuda_graphs=settings.cuda_graphs and not ctx.distributed, forward_model=forward_model,
                            loss_fn=lnl_loss)
 
-    best = max((h["test_accuracy"] for h in history), default=-1.0)
+    def epoch_loader(epoch: int, start: dict | None = None) -> BatchLoader:
+        sampler.set_epoch(epoch)
+        return BatchLoader(
+            train_set.images, train_set.labels, list(sampler), settings.batch_size, ctx.device,
+            shuffle=False, augment=True, crop_padding=crop, epoch_seed=settings.seed * 100_003 + epoch,
+            drop_last=len(sampler) > settings.batch_size, start=start,
+        )
+
+    steps_per_epoch = len(epoch_loader(len(history)))
+    best = max((h.get("val_accuracy", h["test_accuracy"]) for h in history), default=-1.0)
+    damage = checkpoint.problem(run_dir / "best.pt") if history and ctx.is_main else None
+    if damage:
+        best = -1.0  # unknown: the next epoch's model is the best there is again
+        print(_best_lost_warning(run_dir / "best.pt", damage, history, settings), file=sys.stderr, flush=True)
     trace = AttentionTrace(run_dir, test_set, settings.trace_every if ctx.is_main else 0, settings.trace_images,
-                           ctx.device, len(history))
+                           ctx.device, len(history) * steps_per_epoch + (partial["step"] if partial else 0))
     warmup_seconds = 0.0
-    with _cudnn_autotuning(settings, ctx.device), checkpoint.CheckpointWriter() as writer, \
+    progress = Progress(settings.progress, settings.epochs, first_epoch=len(history), enabled=ctx.is_main)
+    # Deferred outermost: a signal while the writer drains on the way out is only recorded.
+    with stop.deferred(), _cudnn_autotuning(settings, ctx.device), checkpoint.CheckpointWriter() as writer, \
             GpuMonitor(ctx.device) as monitor:  # NVML samples in a thread, on CUDA only
         if len(history) < settings.epochs and (ctx.device.type == "cuda" or settings.compile):
             warmup_seconds = _warm_up(train_step, model, train_set, test_set, settings, precision, crop, ctx, trace)
             if ctx.is_main:
-                tqdm.write(f"warm-up (conv choices, kernel JIT, compile) {warmup_seconds:.1f} s, before epoch 1's clock")
+                progress.write(f"warm-up (conv choices, kernel JIT, compile) {warmup_seconds:.1f} s, before epoch 1's clock")
         for epoch in range(len(history), settings.epochs):
-            sampler.set_epoch(epoch)
-            loader = BatchLoader(
-                train_set.images, train_set.labels, list(sampler), settings.batch_size, ctx.device,
-                shuffle=False, augment=True, crop_padding=crop, epoch_seed=settings.seed * 100_003 + epoch,
-                drop_last=len(sampler) > settings.batch_size,
-            )
+            resumed = partial if partial is not None and partial["epoch"] == epoch + 1 else None
+            loader = epoch_loader(epoch, resumed["loader"] if resumed else None)
             model.train()
-            loss_sum = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # (Σ loss·n, n)
-            start = time.perf_counter()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not ctx.is_main,
-                       leave=False, dynamic_ncols=True)
+            # (Σ loss·n, n), and the clock, as the interrupted part of the epoch left them
+            loss_sum = resumed["loss_sum"].to(ctx.device) if resumed else torch.zeros(2, dtype=torch.float64, device=ctx.device)
+            start = time.perf_counter() - (resumed["train_seconds"] if resumed else 0.0)
             window: list[torch.Tensor] = []  # losses not yet checked for NaN/inf
             lr = current_lr(optimizer)
-            step = 0
-            for step, (x, y) in enumerate(bar, start=1):
+            step = resumed["step"] if resumed else 0
+            for step, (x, y) in enumerate(progress.epoch(loader, epoch), start=step + 1):
                 loss = train_step(x, y)  # no host sync: the loss stays on the device
                 loss_sum[0] += loss.double() * len(y)
                 loss_sum[1] += len(y)
@@ -174,10 +254,18 @@ def fit(
                 if step % DIVERGENCE_CHECK_EVERY == 0:  # .item() waits for the device: not every step
                     _check_losses(window, step - len(window) + 1, epoch + 1, lr, run_dir, len(history))
                     seen = loss_sum[1].item() * ctx.world_size
-                    bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                    progress.report(loss=loss.item(), images_per_second=seen / (time.perf_counter() - start))
+                if stop.received and step < len(loader):  # at the last step the epoch's end is as near
+                    break
             _check_losses(window, step - len(window) + 1 if window else 0, epoch + 1, lr, run_dir, len(history))
             if not _all_finite(model):  # a finite loss, then a step that broke the weights
                 raise _diverged(run_dir, epoch + 1, step, float("nan"), lr, len(history))
+            if stop.received and step < len(loader):
+                where = dict(epoch=epoch + 1, step=step, loader=loader.position(), loss_sum=loss_sum,
+                             train_seconds=time.perf_counter() - start)
+                _save_partial(writer, model, optimizer, scheduler, history, where, settings, fold, run_dir)
+                trace.save()
+                raise stop.interrupted(f"saved {last_path} at epoch {epoch + 1}, step {step} of {len(loader)}")
             train_seconds = time.perf_counter() - start
             loss_sum = distributed.all_reduce_sum(loss_sum, ctx)
             scheduler.step()
@@ -210,11 +298,13 @@ def fit(
                 best = max(best, selection)
                 _finish_checkpoint(writer, pending, history, settings, test, fold, run_dir, improved)
                 trace.save()
-                tqdm.write(
+                progress.epoch_done(
                     f"epoch {epoch + 1:3d}  loss {record['train_loss']:.4f}  test acc {test['accuracy']:.4f}  "
                     f"mean class acc {test['mean_class_accuracy']:.4f}  {record['images_per_second']:.0f} img/s"
                     + (f"  peak {record['gpu']['torch_max_memory_allocated_bytes'] / 2**30:.1f} GiB" if "gpu" in record else "")
                 )
+            if stop.received:  # leaving the writer's context drains it: last.pt is on disk then
+                raise stop.interrupted(f"saved {last_path} after epoch {epoch + 1}")
     summary = summarize(history, settings, backend_used, precision)
     summary["warmup_seconds"] = warmup_seconds
     regions = load_test_regions(settings, cfg.image_size) if ctx.is_main and fold is None else None
@@ -236,6 +326,37 @@ def _start_checkpoint(writer: checkpoint.CheckpointWriter, model, optimizer, sch
     return pending, writer.blocking_seconds - before
 
 
+def _run_fields(settings: TrainSettings, fold: int | None, epoch: int, test_accuracy: float | None) -> dict:
+    """What best.pt and last.pt say about the run besides tensors (plain values, copied)."""
+    return dict(config=settings.model.to_dict(), settings=settings.to_dict(), epoch=epoch,
+                test_accuracy=test_accuracy, class_names=list(labels.CLASS_NAMES), fold=fold)
+
+
+def _save_partial(writer: checkpoint.CheckpointWriter, model, optimizer, scheduler, history: list[dict], where: dict,
+                  settings: TrainSettings, fold: int | None, run_dir: Path) -> None:
+    """last.pt of an epoch a stop signal interrupted (`where`: see checkpoint's `partial`),
+    written atomically after whatever the writer still had: the file is the previous epoch's
+    last.pt or this one, never a mix. The metrics files get no line for a partial epoch."""
+    fields = _run_fields(settings, fold, len(history), history[-1]["test_accuracy"] if history else None)
+    snap = writer.snapshot(
+        dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+             rng=checkpoint.rng_state(), partial=where, history=history, **fields),  # all copied
+        run_dir / "last.pt",
+    )
+    writer.submit(snap, run_dir / "last.pt")
+
+
+def _best_lost_warning(path: Path, damage: str, history: list[dict], settings: TrainSettings) -> str:
+    """The line that says a resumed run's best.pt is unusable (`damage`) and what happens to it."""
+    scores = [h.get("val_accuracy", h["test_accuracy"]) for h in history]
+    lost = f"epoch {int(np.argmax(scores)) + 1}'s model, the best recorded, is lost"
+    if len(history) >= settings.epochs:
+        return (f"warning: {path} {damage}, and no epoch is left to rebuild it from ({lost}); "
+                f"last.pt holds epoch {len(history)}'s model")
+    return (f"warning: {path} {damage}: it is rebuilt from epoch {len(history) + 1}'s model on, "
+            f"the best of the epochs trained from now ({lost})")
+
+
 def _finish_checkpoint(writer: checkpoint.CheckpointWriter, started: tuple[checkpoint.PendingSnapshot, float],
                        history: list[dict], settings: TrainSettings, test: dict, fold: int | None, run_dir: Path,
                        improved: bool) -> None:
@@ -250,10 +371,7 @@ def _finish_checkpoint(writer: checkpoint.CheckpointWriter, started: tuple[check
     tensors = pending.result()
     record = history[-1]
     record["checkpoint_blocking_seconds"] = blocked_at_start + writer.blocking_seconds - before
-    best_fields = dict(
-        config=settings.model.to_dict(), settings=settings.to_dict(), epoch=record["epoch"],
-        test_accuracy=test["accuracy"], class_names=list(labels.CLASS_NAMES), fold=fold,
-    )
+    best_fields = _run_fields(settings, fold, record["epoch"], test["accuracy"])
     # Plain values only from here on (the history is small): the copy is the snapshot's own.
     last = checkpoint.Snapshot({**tensors.payload, **copy.deepcopy(best_fields), "history": copy.deepcopy(history)})
     best = last.subset(["model", *best_fields]) if improved else None
@@ -320,18 +438,19 @@ def _prepare_run_dir(settings: TrainSettings, ctx: distributed.Context) -> Path:
         finished = (run_dir / "metrics.jsonl").exists() or any(run_dir.glob("fold*/metrics.jsonl"))
         if finished and not settings.resume:
             raise PathExistsError(
-                "out", f"{run_dir} already holds a run; pass `resume` to continue it or choose another `out`"
+                "out", f"{run_dir} already holds a run; pass `resume` to continue it, `restart` to move it aside "
+                f"and start over, or choose another `out`"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.remove_stale_temporaries(run_dir)
         (run_dir / "config.json").write_text(
-            json.dumps({"settings": settings.to_dict(), "model": settings.model.to_dict()}, indent=2)
+            jsonio.dumps({"settings": settings.to_dict(), "model": settings.model.to_dict()}, indent=2)
         )
     return run_dir
 
 
 def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str:
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "summary.json").write_text(jsonio.dumps(summary, indent=2))
     figures.confusion_matrix(
         summary["confusion"], labels.CLASS_NAMES, run_dir / "confusion_matrix.png",
         f"{settings.dataset}, {settings.preset}/{settings.model.variant}: final epoch",
@@ -348,34 +467,21 @@ def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str
         f"- training throughput {summary['images_per_second']:.0f} images/s",
     ]
     if "localization" in summary:
-        lines += _localization_lines(summary["localization"])
+        lines += localization.summary_lines(summary["localization"])
     lines += ["", "![confusion matrix](confusion_matrix.png)"]
     text = "\n".join(lines) + "\n"
     (run_dir / "summary.md").write_text(text)
     return text
 
 
-def _localization_lines(found: dict) -> list[str]:
-    selectivity = found["occlusion_selectivity"]
-    lines = [
-        f"- localisation on {found['images']} test faces (ground-truth eyes, brows, mouth): w_g puts "
-        f"**{found['crucial_mass_ratio']:.2f}x** the uniform share of its mass on the "
-        f"{found['crucial_patches_mean']:.1f} patches that touch a cue (ceiling "
-        f"{found['crucial_mass_ratio_ceiling']:.2f}x); Spearman(w_g, cue area) {found['crucial_rank_corr']:.2f}",
-    ]
-    if "occlusion_own_drop" in found:
-        lines.append(
-            f"- occluding a patch lowers its own w_l by {found['occlusion_own_drop']:.4f} and the others' by "
-            f"{found['occlusion_other_drop']:.4f} on average: selectivity "
-            + (f"**{selectivity:.2f}**" if selectivity is not None else "undefined (the others' w_l did not fall)")
-        )
-    return lines
-
-
 def train(settings: TrainSettings) -> dict:
     """Run the protocol. With `resume`, the run in `out` continues with its own settings:
     `settings` may differ from them only in run_dir.RESUMABLE_CHANGES (ParameterError naming
-    the field otherwise), and nothing is written before that is checked."""
+    the field otherwise), and nothing is written before that is checked. With `restart`, the run
+    in `out` is first moved aside (run_dir.move_aside) and training starts over.
+
+    A single-process run answers SIGTERM, SIGUSR1 and SIGINT by saving where it stands and
+    raising TrainingInterrupted (see StopSignals); the previous handlers are restored after."""
     settings.validate()
     if settings.out is None:
         if settings.resume:
@@ -394,15 +500,28 @@ def train(settings: TrainSettings) -> dict:
     if settings.cuda_graphs and ctx.device.type != "cuda":
         distributed.teardown(ctx)
         raise ParameterError("cuda_graphs", f"needs a CUDA device (CUDA graphs), and this run is on {ctx.device}")
+    try:  # a run that cannot fit is refused before its directory is made
+        memory.check_memory(settings, ctx.device)
+    except ParameterError:
+        distributed.teardown(ctx)
+        raise
     lock = runs.RunLock(Path(settings.out)) if ctx.is_main else contextlib.nullcontext()
+    stop = StopSignals(Path(settings.out))
+    # Handlers belong to the main thread; under DDP a rank that stopped alone would hang the others.
+    own_signals = threading.current_thread() is threading.main_thread() and not ctx.distributed
     try:
-        with lock:
-            return _train_locked(settings, ctx)
+        with lock, stop if own_signals else contextlib.nullcontext():
+            return _train_locked(settings, ctx, stop)
     finally:
         distributed.teardown(ctx)
 
 
-def _train_locked(settings: TrainSettings, ctx: distributed.Context) -> dict:
+def _train_locked(settings: TrainSettings, ctx: distributed.Context, stop: StopSignals) -> dict:
+    if settings.restart:
+        moved = runs.move_aside(Path(settings.out)) if ctx.is_main else None
+        if moved is not None:
+            print(f"moved the earlier run in {settings.out} aside to {moved} (nothing was deleted)", flush=True)
+        settings = dataclasses.replace(settings, restart=False, resume=False)  # also what config.json records
     run_dir = _prepare_run_dir(settings, ctx)
     splits = load_data(settings, settings.model.image_size)
     skipped = {item["path"]: item["reason"] for pair in splits for images in pair for item in images.skipped}
@@ -419,7 +538,8 @@ def _train_locked(settings: TrainSettings, ctx: distributed.Context) -> dict:
             keep, held = stratified_holdout(train_set.labels, settings.val_fraction, settings.seed)
             train_set, val_set = train_set.subset(keep), train_set.subset(held)
             _check_not_empty(settings, fold if len(splits) > 1 else None, train=train_set, validation=val_set)
-        summaries.append(fit(settings, train_set, test_set, fold_dir, ctx, val_set, fold if len(splits) > 1 else None))
+        summaries.append(fit(settings, train_set, test_set, fold_dir, ctx, val_set, fold if len(splits) > 1 else None,
+                             stop))
     summary = summaries[0] if len(summaries) == 1 else _merge_folds(summaries)
     if ctx.is_main:
         print(_write_summary(run_dir, summary, settings))

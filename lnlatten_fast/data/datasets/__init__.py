@@ -21,7 +21,7 @@ import os
 import re
 from typing import Callable
 
-from ._common import IMAGE_EXTENSIONS, Sample, check_listing
+from ._common import IMAGE_EXTENSIONS, Listing, Sample, check_listing
 from .affectnet import read_affectnet
 from .ckplus import read_ckplus
 from .fer2013 import read_fer2013
@@ -32,7 +32,7 @@ from .rafdb import read_rafdb
 from .sfew import read_sfew
 
 __all__ = [
-    "Sample", "IMAGE_EXTENSIONS", "DATASET_READERS", "DATASETS", "SYNTHETIC", "read_dataset",
+    "Sample", "Listing", "IMAGE_EXTENSIONS", "DATASET_READERS", "DATASETS", "SYNTHETIC", "read_dataset",
     "read_rafdb", "read_affectnet", "read_sfew", "read_ckplus", "read_fer2013", "read_ferplus",
     "read_folder", "read_manifest",
 ]
@@ -62,11 +62,13 @@ def _normalise_name(name: str) -> str:
     return re.sub(r"[\s_\-]", "", name.strip().lower().replace("+", "plus"))
 
 
-def read_dataset(name: str, root: str | os.PathLike, split: str, **kw) -> list[Sample]:
+def read_dataset(name: str, root: str | os.PathLike, split: str, **kw) -> Listing:
     """Dispatch to the reader registered under ``name`` (see :data:`DATASET_READERS`; case,
     '-', '_' are ignored and '+' reads 'plus', so "RAF-DB" and "CK+" work). The listing is
     checked (`check_listing`): exact duplicates dropped with a warning; an image listed with
-    two labels, boxes or splits is a ValueError naming both places."""
+    two labels, boxes or splits is a ValueError naming both places. The result is a `Listing`:
+    its `skipped` holds the entries named like images that the folder walks left out (not
+    readable image files), with the reason."""
     key = _normalise_name(name) if isinstance(name, str) else name
     if key not in DATASET_READERS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASET_READERS)}")

@@ -5,11 +5,20 @@ A reader only *lists* records: image files are never opened or decoded here (tha
 builder's job). Every reader raises :class:`FileNotFoundError` naming the missing file or
 directory and what was expected there, and :class:`ValueError` naming the file and line number
 of a malformed entry.
+
+An entry named like an image that is not a readable image file (missing, a directory, a
+dangling link or a symlink loop, a pipe or device, or unreadable: :func:`entry_problem` says
+which) is treated the same way by every reader: a listing (a manifest, a label list, a CSV)
+that names one is an error naming the listing's file and line; a folder walk leaves it out,
+counts it in its warning line and keeps it, with the reason, in the listing's ``skipped``
+(which `load_split` adds to the images' own, for RUN_DIR/skipped.txt).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +29,8 @@ import numpy as np
 from ..labels import CLASS_NAMES_8
 
 __all__ = [
-    "Sample", "IMAGE_EXTENSIONS", "check_split", "require_dir", "require_file", "child_dir",
-    "subdirs", "image_files", "warn_ignored", "check_paths_exist", "open_csv", "parse_int", "check_listing",
+    "Sample", "Listing", "LeftOut", "IMAGE_EXTENSIONS", "check_split", "require_dir", "require_file", "child_dir",
+    "subdirs", "entry_problem", "image_files", "check_paths_exist", "open_csv", "parse_int", "check_listing",
 ]
 
 #: Image file suffixes (lower-case) listed by the folder-based readers.
@@ -80,6 +89,37 @@ class Sample:
         return CLASS_NAMES_8[self.label]
 
 
+class Listing(list):
+    """A reader's records (a list of :class:`Sample`) and `skipped`: the entries its folder walks
+    left out, as ``{"path", "reason"}`` (the form of ``ImageSet.skipped``)."""
+
+    def __init__(self, samples: Iterable[Sample] = (), skipped: Iterable[dict] = ()):
+        super().__init__(samples)
+        self.skipped = list(skipped)
+
+
+class LeftOut:
+    """What folder walks left out: `counts` by kind for one warning line per folder (`warn`), and
+    `skipped`, the entries named like images that are not readable image files, with the reason."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.skipped: list[dict] = []
+
+    def add(self, kind: str, path: str | None = None, reason: str | None = None) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if path is not None:
+            self.skipped.append({"path": path, "reason": reason})
+
+    def warn(self, where: Path) -> None:
+        """One warning line with the counts so far under `where`, then counting starts again."""
+        if self.counts:
+            counts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items()))
+            print(f"warning: {where}: ignored {counts} (image suffixes: {', '.join(sorted(IMAGE_EXTENSIONS))})",
+                  file=sys.stderr)
+        self.counts.clear()
+
+
 def check_split(split: str, allowed: Sequence[str], reader: str) -> str:
     if not isinstance(split, str) or split.lower() not in allowed:
         raise ValueError(f"{reader}: split must be one of {', '.join(map(repr, allowed))}; got {split!r}")
@@ -98,6 +138,14 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether `entry` is a directory (through links); a symlink loop or an unreadable link is not."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def child_dir(parent: Path, name: str) -> Path | None:
     """``parent/name`` matched case-insensitively (exact spelling preferred); None if absent."""
     exact = parent / name
@@ -107,52 +155,74 @@ def child_dir(parent: Path, name: str) -> Path | None:
         return None
     low = name.lower()
     for entry in sorted(os.scandir(parent), key=lambda e: e.name):
-        if entry.name.lower() == low and entry.is_dir():
+        if entry.name.lower() == low and _is_dir(entry):
             return Path(entry.path)
     return None
 
 
 def subdirs(parent: Path) -> list[Path]:
     return sorted(
-        (Path(e.path) for e in os.scandir(parent) if e.is_dir() and not e.name.startswith(".")),
+        (Path(e.path) for e in os.scandir(parent) if not e.name.startswith(".") and _is_dir(e)),
         key=lambda p: p.name,
     )
 
 
-def image_files(folder: Path, ignored: dict | None = None) -> list[Path]:
-    """The image files of `folder`, by name. `ignored` (if given) counts what was left out:
-    "other files" (no image suffix) and "dangling links" (symlinks to nothing)."""
+# Why an entry is not a readable image file: (the kind, counted in a folder walk's warning;
+# the reason, in skipped.txt and in a listing's error after the path).
+_MISSING = ("missing files", "does not exist")
+_DANGLING = ("dangling links", "is a symbolic link to nothing")
+_LOOP = ("symlink loops", "is a symbolic link loop")
+_DIRECTORY = ("directories named like images", "is a directory")
+_SPECIAL = ("special files", "is not a regular file (a pipe, socket or device)")
+_UNREADABLE = ("unreadable files", "cannot be read")
+
+
+def entry_problem(path: str | os.PathLike) -> tuple[str, str] | None:
+    """None if `path` is a readable regular file (through links), else (kind, reason): why not.
+    The one test every reader applies to an entry it expects to be an image file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return _DANGLING if os.path.islink(path) else _MISSING
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return _LOOP
+        return _UNREADABLE[0], f"{_UNREADABLE[1]} ({error.strerror})"
+    if stat.S_ISDIR(mode):
+        return _DIRECTORY
+    if not stat.S_ISREG(mode):
+        return _SPECIAL
+    if not os.access(path, os.R_OK):
+        return _UNREADABLE[0], f"{_UNREADABLE[1]} (permission denied)"
+    return None
+
+
+def image_files(folder: Path, left_out: LeftOut | None = None) -> list[Path]:
+    """The image files of `folder`, by name. `left_out` (if given) counts what was left out:
+    "other files" (no image suffix; subfolders are not counted) and each entry named like an
+    image that is not a readable image file (:func:`entry_problem`), kept with the reason."""
     found = []
-    for e in os.scandir(folder):
+    for e in sorted(os.scandir(folder), key=lambda e: e.name):
         if e.name.startswith("."):
             continue
-        if e.is_symlink() and not os.path.exists(e.path):
-            if ignored is not None:
-                ignored["dangling links"] = ignored.get("dangling links", 0) + 1
+        if os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS:
+            if left_out is not None and not _is_dir(e):
+                left_out.add("other files")
             continue
-        if not e.is_file():
-            continue
-        if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+        problem = entry_problem(e.path)
+        if problem is None:
             found.append(Path(e.path))
-        elif ignored is not None:
-            ignored["other files"] = ignored.get("other files", 0) + 1
-    return sorted(found, key=lambda p: p.name)
+        elif left_out is not None:
+            left_out.add(problem[0], e.path, problem[1])
+    return found
 
 
-def warn_ignored(ignored: dict, where: Path) -> None:
-    """One warning line with the counts image_files left out under `where`."""
-    if any(ignored.values()):
-        counts = ", ".join(f"{n} {what}" for what, n in sorted(ignored.items()) if n)
-        print(f"warning: {where}: ignored {counts} (image suffixes: {', '.join(sorted(IMAGE_EXTENSIONS))})",
-              file=sys.stderr)
-
-
-def check_listing(samples: list[Sample], what: str, warn: bool = True) -> list[Sample]:
-    """A reader's records with exact duplicates dropped (one warning with their count). An image
-    listed twice with different labels, face boxes or splits (a test image in the training
-    set) is a ValueError naming both places."""
+def check_listing(samples: list[Sample], what: str, warn: bool = True) -> Listing:
+    """A reader's records with exact duplicates dropped (one warning with their count), its
+    `skipped` kept. An image listed twice with different labels, face boxes or splits (a test
+    image in the training set) is a ValueError naming both places."""
     first_of: dict[str, Sample] = {}
-    kept: list[Sample] = []
+    kept = Listing(skipped=getattr(samples, "skipped", ()))
     duplicates = 0
     for s in samples:
         if s.path is None:
@@ -177,25 +247,15 @@ def check_listing(samples: list[Sample], what: str, warn: bool = True) -> list[S
     return kept
 
 
-def check_paths_exist(paths: Iterable[Path], what: str) -> None:
-    """Raise FileNotFoundError naming the first missing path (one listing per directory)."""
-    listings: dict[Path, set[str] | None] = {}
-    missing: list[Path] = []
-    for p in paths:
-        parent = p.parent
-        if parent not in listings:
-            try:
-                listings[parent] = {e.name for e in os.scandir(parent) if not e.is_dir()}
-            except (FileNotFoundError, NotADirectoryError):
-                listings[parent] = None
-        names = listings[parent]
-        if names is None or (p.name not in names and not p.is_file()):
-            missing.append(p)
-    if missing:
-        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
+def check_paths_exist(samples: Iterable[Sample], what: str) -> None:
+    """Raise FileNotFoundError naming the listing's file and line (`Sample.source`, else `what`)
+    of the first record whose path is not a readable image file, and why (:func:`entry_problem`)."""
+    bad = [(s, problem) for s in samples if s.path is not None and (problem := entry_problem(s.path))]
+    if bad:
+        sample, (_, reason) = bad[0]
+        more = f" (and {len(bad) - 1} more listed path(s) that are not image files)" if len(bad) > 1 else ""
         raise FileNotFoundError(
-            f"{what}: expected image file {missing[0]}, which does not exist{more}; "
-            "pass check_files=False to list the records without the images"
+            f"{sample.source or what}: expected an image file at {sample.path}, which {reason}{more}"
         )
 
 

@@ -69,7 +69,7 @@ def read_affectnet(
         s = "train" if fname == "training.csv" else "test"
         samples.extend(_read_affectnet_csv(csv_path, image_root, s, num_classes))
     if check_files:
-        check_paths_exist((x.path for x in samples), "AffectNet")
+        check_paths_exist(samples, "AffectNet")
     return samples
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._common import Sample, image_files, require_dir, subdirs
+from ._common import LeftOut, Listing, Sample, image_files, require_dir, subdirs
 
 __all__ = ["LABEL_MAP", "CONTEMPT", "read_ckplus"]
 
@@ -29,6 +29,8 @@ def read_ckplus(root: str | os.PathLike, split: str = "all") -> list[Sample]:
     each, the first frame (sorted by file name) is labelled Neutral and the last (peak) frame gets
     the sequence's emotion: 309 non-contempt sequences → 618 images. ``subject = "Sxxx"``,
     ``split = None`` (use :func:`..splits.kfold_by_subject`); only ``split="all"`` is accepted.
+    Frames named like images that are not readable image files are left out (kept in the
+    result's `skipped`).
 
     Label map (emotion code → canonical):
     0 neutral → 6, 1 anger → 5, 3 disgust → 2, 4 fear → 1, 5 happy → 3, 6 sadness → 4,
@@ -43,6 +45,7 @@ def read_ckplus(root: str | os.PathLike, split: str = "all") -> list[Sample]:
     img_root = require_dir(root / "cohn-kanade-images", "CK+ images (Sxxx/yyy/*.png)")
     emo_root = require_dir(root / "Emotion", "CK+ emotion labels (Sxxx/yyy/*_emotion.txt)")
     samples: list[Sample] = []
+    left_out = LeftOut()
     for subj_dir in subdirs(emo_root):
         for seq_dir in subdirs(subj_dir):
             emo_files = sorted(
@@ -68,7 +71,7 @@ def read_ckplus(root: str | os.PathLike, split: str = "all") -> list[Sample]:
                 continue
             frames_dir = img_root / subj_dir.name / seq_dir.name
             require_dir(frames_dir, f"CK+ frames for {emo_file}")
-            frames = [p for p in image_files(frames_dir)]
+            frames = image_files(frames_dir, left_out)
             if len(frames) < 2:
                 raise ValueError(
                     f"CK+: sequence {frames_dir} has {len(frames)} image(s); "
@@ -77,4 +80,5 @@ def read_ckplus(root: str | os.PathLike, split: str = "all") -> list[Sample]:
             subject = subj_dir.name
             samples.append(Sample(LABEL_MAP[0], path=frames[0], subject=subject))
             samples.append(Sample(LABEL_MAP[code], path=frames[-1], subject=subject))
-    return samples
+    left_out.warn(img_root)
+    return Listing(samples, left_out.skipped)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ..labels import parse_class_name
-from ._common import Sample, child_dir, image_files, require_dir, subdirs, warn_ignored
+from ._common import LeftOut, Listing, Sample, child_dir, image_files, require_dir, subdirs
 
 __all__ = ["read_folder"]
 
@@ -32,7 +32,9 @@ def read_folder(root: str | os.PathLike, split: str) -> list[Sample]:
     surprise/surprised → 0, fear/fearful → 1, disgust/disgusted → 2, happiness/happy → 3,
     sadness/sad → 4, anger/angry → 5, neutral → 6; numeric folder names "0".."6" are canonical
     indices. Files with an image suffix (:data:`._common.IMAGE_EXTENSIONS`) are listed; others
-    ignored.
+    ignored. Entries named like images that are not readable image files (directories, broken
+    links, symlink loops, unreadable files) are left out, counted in a warning and kept with the
+    reason in the result's `skipped`.
     """
     if not isinstance(split, str) or not split:
         raise ValueError(
@@ -42,15 +44,14 @@ def read_folder(root: str | os.PathLike, split: str) -> list[Sample]:
     root = Path(root)
     require_dir(root, "image folder root")
 
-    ignored: dict = {}
+    left_out = LeftOut()
 
     def collect(d: Path, s: str | None) -> list[Sample]:
         out: list[Sample] = []
         for cls_dir in subdirs(d):
             label = _folder_label(cls_dir)
-            out.extend(Sample(label, path=p, split=s) for p in image_files(cls_dir, ignored))
-        warn_ignored(ignored, d)
-        ignored.clear()
+            out.extend(Sample(label, path=p, split=s) for p in image_files(cls_dir, left_out))
+        left_out.warn(d)
         return out
 
     if split != "all":
@@ -60,7 +61,7 @@ def read_folder(root: str | os.PathLike, split: str) -> list[Sample]:
                 f"read_folder: expected a directory at {root / split} holding class folders "
                 "(or use split='all' for root/<ClassName>/*), which does not exist"
             )
-        return collect(d, split)
+        return Listing(collect(d, split), left_out.skipped)
     children = subdirs(root)
     if not children:
         raise FileNotFoundError(f"read_folder: {root} holds no class folders")
@@ -71,7 +72,7 @@ def read_folder(root: str | os.PathLike, split: str) -> list[Sample]:
         except ValueError:
             not_classes.append(d)
     if not not_classes:
-        return collect(root, None)
+        return Listing(collect(root, None), left_out.skipped)
     split_dirs = [d for d in children if d.name.lower() in ("train", "test", "val")]
     if len(split_dirs) != len(children):
         for d in not_classes:
@@ -84,4 +85,4 @@ def read_folder(root: str | os.PathLike, split: str) -> list[Sample]:
     out: list[Sample] = []
     for d in split_dirs:
         out.extend(collect(d, d.name.lower()))
-    return out
+    return Listing(out, left_out.skipped)

@@ -31,7 +31,8 @@ def read_manifest(csv_path: str | os.PathLike, split: str, *, check_files: bool 
     rows whose split equals ``split`` are returned, all rows for ``split="all"``; without one
     only ``split="all"`` is accepted.
 
-    check_files: when True (default) every listed image must exist.
+    check_files: when True (default) every listed path must be a readable image file (not missing,
+    a directory or a broken link): FileNotFoundError naming the manifest's line otherwise.
     """
     if not isinstance(split, str) or not split:
         raise ValueError(f"read_manifest: split must be a non-empty string, got {split!r}")
@@ -86,5 +87,5 @@ def read_manifest(csv_path: str | os.PathLike, split: str, *, check_files: bool 
             p = p if p.is_absolute() else base / p
             samples.append(Sample(label, path=p, subject=subject, split=row_split, source=f"{path}, line {line}"))
     if check_files:
-        check_paths_exist((s.path for s in samples), f"manifest {path}")
+        check_paths_exist(samples, f"manifest {path}")
     return samples

@@ -74,7 +74,7 @@ def read_rafdb(root: str | os.PathLike, split: str, *, check_files: bool = True)
         text = fh.read()
     _parse_rafdb_lines(text, label_file, aligned, image_dir, want_train, want_test, append)
     if check_files:
-        check_paths_exist((s.path for s in samples), "RAF-DB")
+        check_paths_exist(samples, "RAF-DB")
     return samples
 
 

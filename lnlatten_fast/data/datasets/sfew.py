@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._common import Sample, check_split, child_dir, image_files, require_dir, subdirs
+from ._common import LeftOut, Listing, Sample, check_split, child_dir, image_files, require_dir, subdirs
 
 __all__ = ["CLASS_MAP", "read_sfew"]
 
@@ -24,7 +24,8 @@ def read_sfew(root: str | os.PathLike, split: str) -> list[Sample]:
 
     Layout: ``root/Train/<Class>/*.png|jpg`` ("train") and ``root/Val/<Class>/...`` ("test":
     SFEW's Val set is the usual test set); ``split="all"`` gives both. Folder names are matched
-    case-insensitively; other files (non-images, hidden files) are ignored.
+    case-insensitively; other files (non-images, hidden files) are ignored, and entries named like
+    images that are not readable image files are left out and kept in the result's `skipped`.
 
     Label map (class folder → canonical):
     Angry → 5, Disgust → 2, Fear → 1, Happy → 3, Neutral → 6, Sad → 4, Surprise → 0.
@@ -38,6 +39,7 @@ def read_sfew(root: str | os.PathLike, split: str) -> list[Sample]:
         "all": [("Train", "train"), ("Val", "test")],
     }
     samples: list[Sample] = []
+    left_out = LeftOut()
     for folder, s in parts[split]:
         d = child_dir(root, folder)
         if d is None:
@@ -53,5 +55,6 @@ def read_sfew(root: str | os.PathLike, split: str) -> list[Sample]:
                     f"{', '.join(k.capitalize() for k in CLASS_MAP)}"
                 )
             label = CLASS_MAP[key]
-            samples.extend(Sample(label, path=p, split=s) for p in image_files(cls_dir))
-    return samples
+            samples.extend(Sample(label, path=p, split=s) for p in image_files(cls_dir, left_out))
+        left_out.warn(d)
+    return Listing(samples, left_out.skipped)

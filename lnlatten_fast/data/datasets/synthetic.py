@@ -45,7 +45,7 @@ def draw_regions(split: str, image_size: int, seed: int = 0, count: int | None =
 
 
 def cache_key(split: str, seed: int = 0, count: int | None = None, occlusion: float = 0.0) -> str:
-    """What identifies a drawn split in the cache: renderer version, seed, index range and the
-    occlusion probability."""
+    """What identifies a drawn split in the cache: seed, index range and occlusion probability
+    (the entry's identity), then the renderer's version (its fingerprint, last)."""
     start, count = _split_range(split, count)
-    return f"v{VERSION}-seed{seed}-start{start}-n{count}" + (f"-occ{occlusion!r}" if occlusion else "")
+    return f"seed{seed}-start{start}-n{count}" + (f"-occ{occlusion!r}" if occlusion else "") + f"-v{VERSION}"

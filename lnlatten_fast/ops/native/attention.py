@@ -40,7 +40,7 @@ def _attention_backward(
     return tuple(g.to(out_dtype) for g in grads)
 
 
-register_attention_autograd(_attention, _attention_backward)
+register_attention_autograd(_attention, _attention_backward, "native")
 
 
 @register("l1_nonlocal_attention", "native")

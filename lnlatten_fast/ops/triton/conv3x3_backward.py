@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from .. import _device
+from .._autograd import refuse_double_backward
 from .._outputs import new_output
 from . import _common
 from ._common import LaunchPlan, accumulator, index_dtype, next_power_of_2, note_launch, tl, triton, widen_for_interpreter
@@ -454,6 +455,8 @@ def _patch_conv_backward(ctx, grad):
 
 
 _patch_conv.register_autograd(_patch_conv_backward, setup_context=_patch_conv_setup)
+for _grad_op in (_patch_conv_grad_input, _patch_conv_grad_weight):
+    refuse_double_backward(_grad_op, "patch_conv3x3", "triton")
 
 
 # ---- grouped_conv3x3 --------------------------------------------------------------------
@@ -509,3 +512,5 @@ def _grouped_conv_backward(ctx, grad, _grad_idx):
 
 
 _grouped_conv.register_autograd(_grouped_conv_backward, setup_context=_grouped_conv_setup)
+for _grad_op in (_grouped_conv_grad_input, _grouped_conv_grad_weight):
+    refuse_double_backward(_grad_op, "grouped_conv3x3", "triton")

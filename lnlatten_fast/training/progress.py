@@ -1,0 +1,128 @@
+"""Training progress, for a terminal or for a batch job's log.
+
+    progress = Progress(settings.progress, settings.epochs, first_epoch=len(history))
+    for step, (x, y) in enumerate(progress.epoch(loader, epoch), start=1):
+        ...
+        progress.report(loss=1.93, images_per_second=212.0)
+    progress.write("warm-up ...")              # a line of the log, never mixed into a bar
+    progress.epoch_done("epoch   1  loss ...")  # the epoch's line, with the run's ETA
+
+Modes (`PROGRESS_MODES`), all on stderr:
+- "bar": a tqdm bar, redrawn in place and erased when the epoch ends;
+- "lines": plain lines, no carriage returns: within an epoch, one each time
+  `LINE_INTERVAL_SECONDS` of wall time has passed since the last, with the step, loss, img/s
+  and the epoch's ETA. An epoch shorter than that prints none, so a log grows with the run's
+  wall time (about one line a minute), never with its steps;
+- "none": nothing;
+- "auto": "bar" when stderr is a terminal, "lines" otherwise.
+In every mode the epoch lines and `write`'s lines go to stdout, flushed: they are the run's
+record, and a log file holds them in order with the progress lines.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Iterable, Iterator, TextIO
+
+from tqdm import tqdm
+
+__all__ = ["PROGRESS_MODES", "LINE_INTERVAL_SECONDS", "Progress", "resolve_mode", "format_duration"]
+
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+# A heartbeat a minute: often enough to see a job is alive and when it will end, and a full
+# day of epochs longer than that still logs under 150 KB.
+LINE_INTERVAL_SECONDS = 60.0
+
+
+def resolve_mode(mode: str, stream: TextIO) -> str:
+    """"auto" as "bar" on a terminal and "lines" elsewhere; other modes as given."""
+    if mode != "auto":
+        return mode
+    isatty = getattr(stream, "isatty", None)
+    return "bar" if isatty is not None and isatty() else "lines"
+
+
+def format_duration(seconds: float) -> str:
+    """Whole seconds as 45s, 3m07s or 2h05m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """The progress of one model's epochs `first_epoch`..`epochs - 1` (0-based), shown as
+    `mode` says on `stream` (stderr when None); `enabled=False` (a DDP rank other than the
+    first) shows none. `clock` and `interval` are for tests."""
+
+    def __init__(self, mode: str, epochs: int, *, first_epoch: int = 0, enabled: bool = True,
+                 stream: TextIO | None = None, interval: float = LINE_INTERVAL_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        self.stream = sys.stderr if stream is None else stream
+        self.mode = resolve_mode(mode, self.stream) if enabled else "none"
+        self.epochs = epochs
+        self.interval = interval
+        self.clock = clock
+        self._epochs_left = epochs - first_epoch
+        self._epochs_done = 0
+        self._run_start: float | None = None
+        self._bar: tqdm | None = None
+        self._latest: dict[str, float] = {}
+
+    def epoch(self, loader: Iterable, epoch: int) -> Iterator:
+        """The items of `loader` (with a length), showing epoch `epoch + 1`'s progress. The
+        bar is erased however the loop ends (exhausted, break or exception)."""
+        if self._run_start is None:
+            self._run_start = self.clock()
+        self._latest = {}
+        desc = f"epoch {epoch + 1}/{self.epochs}"
+        if self.mode == "bar":
+            self._bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, file=self.stream)
+            try:
+                yield from self._bar
+            finally:
+                self._bar.close()
+                self._bar = None
+            return
+        if self.mode == "none":
+            yield from loader
+            return
+        total = len(loader)
+        start = last_line = self.clock()
+        for step, item in enumerate(loader, start=1):
+            yield item
+            now = self.clock()
+            if now - last_line >= self.interval and step < total:
+                last_line = now
+                self._line(desc, step, total, now - start)
+
+    def report(self, loss: float, images_per_second: float) -> None:
+        """The latest loss and throughput, shown from now on."""
+        self._latest = {"loss": loss, "images_per_second": images_per_second}
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.0f}")
+
+    def write(self, line: str) -> None:
+        """Print `line` on stdout without breaking a bar."""
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
+
+    def epoch_done(self, line: str) -> None:
+        """Print an epoch's line, with the estimated time left for the remaining epochs (from
+        the mean wall time of the epochs this object has seen, evaluation included)."""
+        self._epochs_done += 1
+        self._epochs_left -= 1
+        if self._epochs_left > 0 and self._run_start is not None:
+            per_epoch = (self.clock() - self._run_start) / self._epochs_done
+            line += f"  ETA {format_duration(per_epoch * self._epochs_left)}"
+        self.write(line)
+
+    def _line(self, desc: str, step: int, total: int, elapsed: float) -> None:
+        parts = [desc, f"step {step}/{total}"]
+        if self._latest:
+            parts += [f"loss {self._latest['loss']:.4f}", f"{self._latest['images_per_second']:.0f} img/s"]
+        parts.append(f"epoch ETA {format_duration(elapsed / step * (total - step))}")
+        print("  ".join(parts), file=self.stream, flush=True)
