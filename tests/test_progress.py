@@ -87,6 +87,29 @@ def test_a_resumed_run_estimates_from_its_own_epochs(capsys):
     assert capsys.readouterr().out.splitlines() == [EPOCH_LINE + "  ETA 10s", EPOCH_LINE]
 
 
+class ResumedLoader:
+    """Like BatchLoader resumed at batch 60 of 100: its length is the epoch's, it yields the rest."""
+
+    def __len__(self) -> int:
+        return 100
+
+    def __iter__(self):
+        return iter(range(60, 100))
+
+
+def test_an_epoch_resumed_mid_way_counts_from_its_saved_step(capsys):
+    clock, log = FakeClock(), io.StringIO()
+    progress = Progress("lines", epochs=2, stream=log, clock=clock)
+    for _ in progress.epoch(ResumedLoader(), 0, steps_done=60):
+        clock.now += 7.0
+    progress.epoch_done(EPOCH_LINE)  # 280 s for 40% of an epoch: 700 s an epoch
+    assert log.getvalue().splitlines()[0] == "epoch 1/2  step 69/100  epoch ETA 3m37s"
+    assert capsys.readouterr().out.splitlines() == [EPOCH_LINE + "  ETA 11m40s"]
+    terminal = Terminal()
+    list(Progress("bar", epochs=2, stream=terminal).epoch(ResumedLoader(), 0, steps_done=60))
+    assert "60/100" in terminal.getvalue()  # the bar starts where the epoch stopped
+
+
 def test_a_terminal_gets_the_bar_and_none_gets_nothing():
     terminal = Terminal()
     assert resolve_mode("auto", terminal) == "bar" and resolve_mode("lines", terminal) == "lines"

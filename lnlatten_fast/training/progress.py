@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Iterable, Iterator, TextIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -67,20 +68,25 @@ class Progress:
         self.interval = interval
         self.clock = clock
         self._epochs_left = epochs - first_epoch
-        self._epochs_done = 0
+        self._epochs_done = 0.0  # this object's share of them: a resumed epoch counts its part
+        self._epoch_share = 1.0
         self._run_start: float | None = None
         self._bar: tqdm | None = None
         self._latest: dict[str, float] = {}
 
-    def epoch(self, loader: Iterable, epoch: int) -> Iterator:
-        """The items of `loader` (with a length), showing epoch `epoch + 1`'s progress. The
-        bar is erased however the loop ends (exhausted, break or exception)."""
+    def epoch(self, loader: Iterable, epoch: int, steps_done: int = 0) -> Iterator:
+        """The items of `loader`, showing epoch `epoch + 1`'s progress: `len(loader)` steps, of
+        which `steps_done` were done before (an epoch resumed mid-way). The bar is erased however
+        the loop ends (exhausted, break or exception)."""
         if self._run_start is None:
             self._run_start = self.clock()
         self._latest = {}
+        total = len(loader)
+        self._epoch_share = (total - steps_done) / total if total else 1.0
         desc = f"epoch {epoch + 1}/{self.epochs}"
         if self.mode == "bar":
-            self._bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, file=self.stream)
+            self._bar = tqdm(loader, desc=desc, total=total, initial=steps_done, leave=False,
+                             dynamic_ncols=True, file=self.stream)
             try:
                 yield from self._bar
             finally:
@@ -90,14 +96,13 @@ class Progress:
         if self.mode == "none":
             yield from loader
             return
-        total = len(loader)
         start = last_line = self.clock()
-        for step, item in enumerate(loader, start=1):
+        for step, item in enumerate(loader, start=steps_done + 1):
             yield item
             now = self.clock()
             if now - last_line >= self.interval and step < total:
                 last_line = now
-                self._line(desc, step, total, now - start)
+                self._line(desc, step, total, (now - start) / (step - steps_done))
 
     def report(self, loss: float, images_per_second: float) -> None:
         """The latest loss and throughput, shown from now on."""
@@ -113,16 +118,16 @@ class Progress:
     def epoch_done(self, line: str) -> None:
         """Print an epoch's line, with the estimated time left for the remaining epochs (from
         the mean wall time of the epochs this object has seen, evaluation included)."""
-        self._epochs_done += 1
+        self._epochs_done += self._epoch_share
         self._epochs_left -= 1
-        if self._epochs_left > 0 and self._run_start is not None:
+        if self._epochs_left > 0 and self._epochs_done > 0:
             per_epoch = (self.clock() - self._run_start) / self._epochs_done
             line += f"  ETA {format_duration(per_epoch * self._epochs_left)}"
         self.write(line)
 
-    def _line(self, desc: str, step: int, total: int, elapsed: float) -> None:
+    def _line(self, desc: str, step: int, total: int, seconds_per_step: float) -> None:
         parts = [desc, f"step {step}/{total}"]
         if self._latest:
             parts += [f"loss {self._latest['loss']:.4f}", f"{self._latest['images_per_second']:.0f} img/s"]
-        parts.append(f"epoch ETA {format_duration(elapsed / step * (total - step))}")
+        parts.append(f"epoch ETA {format_duration(seconds_per_step * (total - step))}")
         print("  ".join(parts), file=self.stream, flush=True)

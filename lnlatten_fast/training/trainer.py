@@ -245,7 +245,7 @@ def fit(
             window: list[torch.Tensor] = []  # losses not yet checked for NaN/inf
             lr = current_lr(optimizer)
             step = resumed["step"] if resumed else 0
-            for step, (x, y) in enumerate(progress.epoch(loader, epoch), start=step + 1):
+            for step, (x, y) in enumerate(progress.epoch(loader, epoch, steps_done=step), start=step + 1):
                 loss = train_step(x, y)  # no host sync: the loss stays on the device
                 loss_sum[0] += loss.double() * len(y)
                 loss_sum[1] += len(y)
