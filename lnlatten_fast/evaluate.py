@@ -45,8 +45,9 @@ def main(argv=None) -> int:
         print(jsonio.dumps(result))
     else:
         print(f"{result['dataset']} test set, {result['images']} images, checkpoint epoch {result['epoch']}")
+        recorded = result["recorded_test_accuracy"]  # None: saved within an epoch (a stop signal)
         print(f"test accuracy        {result['accuracy']:.4f} "
-              f"(recorded at training: {result['recorded_test_accuracy']:.4f})")
+              + (f"(recorded at training: {recorded:.4f})" if recorded is not None else "(saved mid-epoch: none recorded)"))
         print(f"mean class accuracy  {result['mean_class_accuracy']:.4f}")
     if result["skipped"]:
         print(f"warning: {len(result['skipped'])} test image(s) could not be decoded and were left out, e.g. "

@@ -120,7 +120,8 @@ def test_sigterm_at_a_random_step_then_resume_reproduces_the_uninterrupted_run(u
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"stopped by SIGTERM: saved {out / 'last.pt'} {saved}; continue it with --resume --out {out}"), step
     finished = epoch + (within == STEPS_PER_EPOCH)
-    assert [h["epoch"] for h in read_metrics(out)] == list(range(1, finished + 1))  # no line for a partial epoch
+    lines = read_metrics(out) if (out / "metrics.jsonl").exists() else []
+    assert [h["epoch"] for h in lines] == list(range(1, finished + 1))  # no line for a partial epoch
 
     resumed = _run("-m", "lnlatten_fast.train", "--resume", "--out", str(out))
     assert resumed.returncode == 0, (step, resumed.stderr[-2000:])

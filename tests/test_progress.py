@@ -16,7 +16,9 @@ from tqdm import tqdm
 
 from lnlatten_fast.errors import ParameterError
 from lnlatten_fast.train import build_parser
-from lnlatten_fast.training.progress import LINE_INTERVAL_SECONDS, Progress, format_duration, resolve_mode
+from lnlatten_fast.training.progress import (
+    LINE_INTERVAL_SECONDS, Progress, format_duration, resolve_mode,
+)
 from lnlatten_fast.training.settings import TrainSettings
 
 DEFAULT_RUN_EPOCHS, DEFAULT_RUN_STEPS = 24, 2100 // 32  # README's main command: tiny, 2100 faces, batch 32
@@ -85,6 +87,16 @@ def test_a_resumed_run_estimates_from_its_own_epochs(capsys):
     progress = Progress("none", epochs=10, first_epoch=8, clock=clock)
     run_epochs(progress, clock, epochs=10, steps=5, seconds_per_step=2.0, first_epoch=8)
     assert capsys.readouterr().out.splitlines() == [EPOCH_LINE + "  ETA 10s", EPOCH_LINE]
+
+
+def test_the_runs_eta_follows_the_latest_epochs_pace(capsys):
+    """A shared machine that frees up mid-run: the ETA follows within ETA_EPOCHS epochs."""
+    clock = FakeClock()
+    progress = Progress("none", epochs=10, clock=clock)
+    run_epochs(progress, clock, epochs=3, steps=10, seconds_per_step=10.0)  # 100 s an epoch
+    run_epochs(progress, clock, epochs=6, steps=10, seconds_per_step=1.0, first_epoch=3)  # then 10 s
+    etas = [line.rsplit("ETA ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert etas == ["15m00s", "13m20s", "11m40s", "7m00s", "3m20s", "40s"]
 
 
 class ResumedLoader:

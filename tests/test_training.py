@@ -238,7 +238,7 @@ def as_format_1(path, l2_lambda):
     settings = dict(payload["settings"])
     model = settings.pop("model")
     for later in ("strict", "trace_every", "trace_images", "synthetic_occlusion", "cuda_graphs", "deterministic",
-                  "progress"):  # added after format 1
+                  "progress", "restart"):  # added after format 1
         settings.pop(later)
     settings.update({name: model[name] for name in ("variant", "alpha", "num_patches", "overlap", "image_size", "backend")})
     settings["l2_lambda"] = l2_lambda

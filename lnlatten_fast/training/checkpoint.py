@@ -6,7 +6,8 @@ under `settings["model"]`), `epoch`, `test_accuracy`, `class_names`, `fold`, and
 also `optimizer`, `scheduler`, `history` and `rng` (`rng_state()`) for --resume. A `last.pt`
 written when a stop signal interrupted an epoch also holds `partial`: where in the epoch it
 stopped (`epoch`, `step`, the loader's `position()`, the running `loss_sum`, `train_seconds`);
-its model is then the model after that step, and `epoch` still names the last finished epoch.
+its model is then the model after that step, `epoch` still names the last finished epoch, and
+`test_accuracy` is None (that model was never tested).
 
 `load` returns every checkpoint in the current layout: older formats, and state_dicts with the
 flat keys of the model before lnlatten_fast.nn (`model.migrate_state_dict`), are migrated here.

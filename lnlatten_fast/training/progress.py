@@ -1,7 +1,7 @@
 """Training progress, for a terminal or for a batch job's log.
 
     progress = Progress(settings.progress, settings.epochs, first_epoch=len(history))
-    for step, (x, y) in enumerate(progress.epoch(loader, epoch), start=1):
+    for step, (x, y) in enumerate(progress.epoch(loader, epoch, steps_done=0), start=1):
         ...
         progress.report(loss=1.93, images_per_second=212.0)
     progress.write("warm-up ...")              # a line of the log, never mixed into a bar
@@ -31,9 +31,12 @@ from tqdm import tqdm
 __all__ = ["PROGRESS_MODES", "LINE_INTERVAL_SECONDS", "Progress", "resolve_mode", "format_duration"]
 
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
-# A heartbeat a minute: often enough to see a job is alive and when it will end, and a full
-# day of epochs longer than that still logs under 150 KB.
+# A heartbeat a minute: often enough to see that a job is alive and when it will end, and a
+# day of long epochs still logs under 100 KB.
 LINE_INTERVAL_SECONDS = 60.0
+# The run's ETA follows the pace of this many latest epochs: a machine that speeds up or slows
+# down mid-run (shared CPUs) shows in it within a few epochs.
+ETA_EPOCHS = 3
 
 
 def resolve_mode(mode: str, stream: TextIO) -> str:
@@ -70,7 +73,7 @@ class Progress:
         self._epochs_left = epochs - first_epoch
         self._epochs_done = 0.0  # this object's share of them: a resumed epoch counts its part
         self._epoch_share = 1.0
-        self._run_start: float | None = None
+        self._epoch_ends: list[tuple[float, float]] = []  # (clock, epochs done), from the first start
         self._bar: tqdm | None = None
         self._latest: dict[str, float] = {}
 
@@ -78,8 +81,8 @@ class Progress:
         """The items of `loader`, showing epoch `epoch + 1`'s progress: `len(loader)` steps, of
         which `steps_done` were done before (an epoch resumed mid-way). The bar is erased however
         the loop ends (exhausted, break or exception)."""
-        if self._run_start is None:
-            self._run_start = self.clock()
+        if not self._epoch_ends:
+            self._epoch_ends.append((self.clock(), 0.0))
         self._latest = {}
         total = len(loader)
         self._epoch_share = (total - steps_done) / total if total else 1.0
@@ -116,13 +119,16 @@ class Progress:
         sys.stdout.flush()
 
     def epoch_done(self, line: str) -> None:
-        """Print an epoch's line, with the estimated time left for the remaining epochs (from
-        the mean wall time of the epochs this object has seen, evaluation included)."""
+        """Print an epoch's line, with the estimated time left for the remaining epochs (at the
+        mean wall time, evaluation included, of the last `ETA_EPOCHS` epochs)."""
         self._epochs_done += self._epoch_share
         self._epochs_left -= 1
-        if self._epochs_left > 0 and self._epochs_done > 0:
-            per_epoch = (self.clock() - self._run_start) / self._epochs_done
+        now = self.clock()
+        since, done_then = self._epoch_ends[-ETA_EPOCHS:][0] if self._epoch_ends else (now, self._epochs_done)
+        if self._epochs_left > 0 and self._epochs_done > done_then:
+            per_epoch = (now - since) / (self._epochs_done - done_then)
             line += f"  ETA {format_duration(per_epoch * self._epochs_left)}"
+        self._epoch_ends.append((now, self._epochs_done))
         self.write(line)
 
     def _line(self, desc: str, step: int, total: int, seconds_per_step: float) -> None:

@@ -83,10 +83,12 @@ def _all_finite(model: torch.nn.Module) -> bool:
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(BaseException):
     """A stop signal ended the run once what it had done was saved. str(error) says what was
     saved; `exit_status` is the conventional 128 + the signal's number; `run_dir` is the run
-    that `resume` continues."""
+    that `resume` continues. A BaseException, as KeyboardInterrupt is: raised from a handler
+    at any point outside the loop, it must not be taken for that point's own failure by an
+    `except Exception`."""
 
     def __init__(self, signum: int, message: str, run_dir: Path):
         super().__init__(message)
@@ -337,7 +339,7 @@ def _save_partial(writer: checkpoint.CheckpointWriter, model, optimizer, schedul
     """last.pt of an epoch a stop signal interrupted (`where`: see checkpoint's `partial`),
     written atomically after whatever the writer still had: the file is the previous epoch's
     last.pt or this one, never a mix. The metrics files get no line for a partial epoch."""
-    fields = _run_fields(settings, fold, len(history), history[-1]["test_accuracy"] if history else None)
+    fields = _run_fields(settings, fold, len(history), None)  # this model was never tested
     snap = writer.snapshot(
         dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
              rng=checkpoint.rng_state(), partial=where, history=history, **fields),  # all copied
