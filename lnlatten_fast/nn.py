@@ -139,8 +139,7 @@ def _check_input(name: str, x, expected: tuple, owner: str, parameter: torch.Ten
         raise ValueError(f"{name} must be {shape} as {owner} was built for, got {tuple(x.shape)}")
     if x.device != parameter.device:
         raise ValueError(f"{name} is on {x.device} but {owner}'s parameters are on {parameter.device}")
-    autocast = (x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
-                and x.dtype in ops._AUTOCAST_ELIGIBLE)
+    autocast = ops._autocast_dtype(x.device) is not None and x.dtype in ops._AUTOCAST_ELIGIBLE
     if x.dtype != parameter.dtype and not autocast:
         raise TypeError(f"{name} must have dtype {parameter.dtype} as {owner}'s parameters do (or float32, "
                         f"float16 or bfloat16 under autocast), got {x.dtype}")

@@ -163,10 +163,18 @@ def active() -> EmulatedAutocast | None:
 @contextlib.contextmanager
 def follow_emulation():
     """lnlatten_fast.ops._follow_autocast casting to the emulated autocast's dtype while one is
-    active (and doing what it always does otherwise), restored on exit."""
+    active, and ops._autocast_dtype naming that dtype (so the nn blocks' input checks accept
+    what the emulation casts); each does what it always does otherwise, restored on exit."""
     from lnlatten_fast import ops
 
     original = ops._follow_autocast
+    original_dtype = ops._autocast_dtype
+
+    def autocast_dtype(device):
+        emulation = active()
+        if emulation is None or device.type != emulation.device_type:
+            return original_dtype(device)
+        return emulation.dtype
 
     def follow(device, *tensors):
         emulation = active()
@@ -174,11 +182,11 @@ def follow_emulation():
             return original(device, *tensors)
         return tuple(emulation.cast(t, emulation.dtype) if t is not None else t for t in tensors)
 
-    ops._follow_autocast = follow
+    ops._follow_autocast, ops._autocast_dtype = follow, autocast_dtype
     try:
         yield
     finally:
-        ops._follow_autocast = original
+        ops._follow_autocast, ops._autocast_dtype = original, original_dtype
 
 
 @contextlib.contextmanager

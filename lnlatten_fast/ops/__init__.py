@@ -30,13 +30,21 @@ __all__ = [
 _AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast lowers to on `device` now, or None where it is off. The one place the
+    ops and the nn blocks ask (bench/gpu_target's meta emulation of CUDA autocast patches it)."""
+    if device.type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
 def _follow_autocast(device: torch.device, *tensors):
     """Under autocast, the fused ops do what autocast does for the torch ops they replace
     (F.conv2d, matmul): floating inputs, weights and biases alike run in the autocast dtype.
     The casts are differentiable, so fp32 master weights still get fp32 gradients."""
-    if device.type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device.type):
+    dtype = _autocast_dtype(device)
+    if dtype is None:
         return tensors
-    dtype = torch.get_autocast_dtype(device.type)
     return tuple(
         t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCAST_ELIGIBLE else t
         for t in tensors
