@@ -143,3 +143,14 @@ def test_a_run_lists_them_in_skipped_txt_or_stops_with_strict(tmp_path):
     with pytest.raises(ImageDecodeError, match=rf"^cannot decode image {tmp_path / 'faces' / 'train' / 'Happiness'}"
                                                r"/dir.jpg: is a directory$"):
         load_split("folder", "train", 32, tmp_path / "faces", tmp_path / "cache", strict=True)
+
+
+def test_a_rafdb_label_list_without_its_images_names_the_folders_not_a_library_argument(tmp_path):
+    """Before: the message told a command-line user to "pass check_files=False", an argument of
+    the library that no flag reaches."""
+    (tmp_path / "list_patition_label.txt").write_text("train_00001.jpg 5\ntest_0001.jpg 1\n")
+    with pytest.raises(FileNotFoundError) as raised:
+        datasets.read_dataset("rafdb", tmp_path, "train")
+    message = str(raised.value)
+    assert "check_files" not in message
+    assert str(tmp_path / "Image" / "aligned") in message and str(tmp_path / "Image" / "original") in message

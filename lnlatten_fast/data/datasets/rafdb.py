@@ -62,8 +62,7 @@ def read_rafdb(root: str | os.PathLike, split: str, *, check_files: bool = True)
     if check_files:
         require_dir(
             image_dir,
-            f"RAF-DB images (neither {aligned_dir} nor {image_dir} exists; "
-            "pass check_files=False to read only the labels)",
+            f"RAF-DB images (neither {aligned_dir} nor {image_dir} exists)",
         )
 
     want_train = split in ("train", "all")
