@@ -27,6 +27,20 @@ def nonlocal_weight_scale(num_patches: int) -> tuple[float, float]:
     return 0.0, 2.0 / num_patches
 
 
+#: The colour map of every weight picture (predict, analyze, README), so a colour means one weight everywhere.
+WEIGHT_COLORMAP = "viridis"
+
+
+def draw_weight_overlay(ax, image_u8: np.ndarray, weight_map: np.ndarray, num_patches: int, extent=None):
+    """`weight_map` (per-pixel w_g, see region_weight_map) over `image_u8` on `ax`, on the w_g
+    colour scale; `extent` (left, right, bottom, top) places it over a part of a larger image
+    already drawn. Returns the mappable, for a colour bar."""
+    vmin, vmax = nonlocal_weight_scale(num_patches)
+    if extent is None:
+        ax.imshow(image_u8)
+    return ax.imshow(weight_map, cmap=WEIGHT_COLORMAP, alpha=0.45, vmin=vmin, vmax=vmax, extent=extent)
+
+
 def save_region_heatmap(image_u8: np.ndarray, weights, geom: PatchGeometry, path, title: str = "") -> None:
     import matplotlib
 
@@ -36,11 +50,10 @@ def save_region_heatmap(image_u8: np.ndarray, weights, geom: PatchGeometry, path
     weights = torch.as_tensor(weights).float()
     vmin, vmax = nonlocal_weight_scale(geom.num_patches)
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-    axes[0].imshow(image_u8)
-    axes[0].imshow(region_weight_map(weights, geom), cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax)
+    draw_weight_overlay(axes[0], image_u8, region_weight_map(weights, geom), geom.num_patches)
     axes[0].set_title(title or "non-local weights w_g")
     grid = weights.reshape(geom.grid, geom.grid).numpy()
-    shown = axes[1].imshow(grid, cmap="jet", vmin=vmin, vmax=vmax)
+    shown = axes[1].imshow(grid, cmap=WEIGHT_COLORMAP, vmin=vmin, vmax=vmax)
     fig.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label=f"w_g (uniform = 1/{geom.num_patches})")
     for i in range(geom.grid):
         for j in range(geom.grid):

@@ -30,26 +30,29 @@ from .precision import autocast
 __all__ = ["checkpoint_file", "class_names", "load_model", "image_paths", "load_images", "predict", "Predictions",
            "predict_files"]
 
-#: The checkpoint a run directory stands for.
-RUN_CHECKPOINT = "best.pt"
+#: What `which` may name in a run directory: its best epoch's checkpoint or its last one.
+RUN_CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}
 
 
-def checkpoint_file(path) -> Path:
-    """`path` itself, or for a run directory its best.pt (MissingPathError("checkpoint") naming
-    the directory and what it holds when there is none)."""
+def checkpoint_file(path, which: str = "best") -> Path:
+    """`path` itself, or for a run directory its best.pt (`which="last"`: its last.pt);
+    MissingPathError("checkpoint") naming the directory and what it holds when there is none."""
+    if which not in RUN_CHECKPOINTS:
+        raise ParameterError("which", f"must be one of {', '.join(RUN_CHECKPOINTS)}, got {which!r}")
     path = Path(path)
     if not path.is_dir():
         return path
-    if (path / RUN_CHECKPOINT).is_file():
-        return path / RUN_CHECKPOINT
+    wanted = RUN_CHECKPOINTS[which]
+    if (path / wanted).is_file():
+        return path / wanted
     held = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if not p.name.startswith("."))
     listing = ", ".join(held[:8]) + (", ..." if len(held) > 8 else "") if held else "nothing"
     folds = [name for name in held if name.startswith("fold")]
     if folds:
-        hint = f"; a K-fold run: pass one fold's, e.g. {path / folds[0] / RUN_CHECKPOINT}"
+        hint = f"; a K-fold run: pass one fold's, e.g. {path / folds[0] / wanted}"
     else:
         hint = f"; pass {path / 'last.pt'} for its last epoch" if "last.pt" in held else ""
-    raise MissingPathError("checkpoint", f"{path} is a directory without {RUN_CHECKPOINT} (it holds {listing}){hint}")
+    raise MissingPathError("checkpoint", f"{path} is a directory without {wanted} (it holds {listing}){hint}")
 
 
 def class_names(payload: dict, path) -> list[str]:
