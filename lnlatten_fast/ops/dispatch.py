@@ -39,9 +39,12 @@ class BackendStatus:
 
 
 def _probe(backend: str, device_type: str) -> tuple[bool, str]:
-    if device_type == "cuda" and not torch.cuda.is_available():
+    """The backend's own reason comes first: a backend that is not installed or not built says
+    so on every device type, since a GPU would not make it run."""
+    usable, reason = registry.backend(backend).availability(device_type)
+    if usable and device_type == "cuda" and not torch.cuda.is_available():
         return False, "no CUDA device visible to torch"
-    return registry.backend(backend).availability(device_type)
+    return usable, reason
 
 
 _AVAILABILITY = {

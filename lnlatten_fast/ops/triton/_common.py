@@ -13,13 +13,20 @@ import os
 
 import torch
 
+# triton is an optional extra: a CPU-only install leaves it out (it is large, and only the
+# GPU kernels and their test interpreter need it).
+INSTALL_HINT = "pip install 'lnlatten_fast[triton]'"
+
 try:
     import triton
     import triton.language as tl
 
     IMPORT_ERROR = None
 except ImportError as _error:  # the package still imports; availability() says why
-    IMPORT_ERROR = f"the triton package could not be imported ({_error})"
+    if isinstance(_error, ModuleNotFoundError) and _error.name == "triton":
+        IMPORT_ERROR = f"not installed ({INSTALL_HINT})"
+    else:  # installed, but broken: its own message says what is wrong
+        IMPORT_ERROR = f"the triton package could not be imported ({_error})"
 
     class _NoTriton:
         """Stands in for triton / triton.language so kernel definitions still parse:
@@ -35,7 +42,7 @@ except ImportError as _error:  # the package still imports; availability() says 
     triton = tl = _NoTriton()
 
 __all__ = [
-    "triton", "tl", "IMPORT_ERROR", "INTERPRETED", "INTERPRETER_HINT",
+    "triton", "tl", "IMPORT_ERROR", "INSTALL_HINT", "INTERPRETED", "INTERPRETER_HINT",
     "availability", "accumulator", "next_power_of_2", "widen_for_interpreter",
     "LaunchPlan", "note_launch", "multiprocessor_count", "index_dtype",
 ]
