@@ -25,9 +25,6 @@ from lnlatten_fast.training import checkpoint, trainer
 from lnlatten_fast.training.settings import TrainSettings
 from lnlatten_fast.training.step import build_optimizer, init_optimizer_state
 
-ROUNDS = 3
-
-
 @pytest.fixture(scope="module")
 def paper_state():
     torch.manual_seed(0)
@@ -42,7 +39,7 @@ def paper_state():
     return model, optimizer, scheduler, settings, history
 
 
-def test_synchronous_checkpoints(benchmark, paper_state, tmp_path):
+def test_synchronous_checkpoints(benchmark, measure, paper_state, tmp_path):
     model, optimizer, scheduler, settings, history = paper_state
 
     def save():
@@ -54,10 +51,10 @@ def test_synchronous_checkpoints(benchmark, paper_state, tmp_path):
 
     benchmark.group = "checkpoint time the training loop waits for, paper preset, CPU"
     benchmark.extra_info.update(mode="synchronous (before)")
-    benchmark.pedantic(save, rounds=ROUNDS, warmup_rounds=1)
+    measure(save)
 
 
-def test_background_checkpoints(benchmark, paper_state, tmp_path):
+def test_background_checkpoints(benchmark, measure, paper_state, tmp_path):
     from lnlatten_fast.data.cache import ImageSet
     from lnlatten_fast.training import distributed
     from lnlatten_fast.training.evaluation import evaluate
@@ -82,6 +79,6 @@ def test_background_checkpoints(benchmark, paper_state, tmp_path):
 
         benchmark.group = "checkpoint time the training loop waits for, paper preset, CPU"
         benchmark.extra_info.update(mode="background writer (after)")
-        benchmark.pedantic(finish, setup=start_and_evaluate, rounds=ROUNDS, warmup_rounds=1)
+        measure(finish, setup=start_and_evaluate)
         benchmark.extra_info["start_seconds_max"] = max(blocked)  # the untimed half: waiting to start the copy
     assert checkpoint.load(tmp_path / "last.pt")["epoch"] == 1  # the writes did happen

@@ -30,7 +30,6 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 STEP_CASES = [("tiny", 64), ("paper", 64)] if CUDA else [("tiny", 32), ("paper", 2)]
 DTYPES = ["fp32", "bf16"] if CUDA or os.environ.get("LNL_BENCH_CPU_BF16") else ["fp32"]
 BACKENDS = ["reference", "native", "triton", "auto"]
-ROUNDS = int(os.environ.get("LNL_BENCH_ROUNDS", 3))
 
 
 def _sync():
@@ -51,29 +50,6 @@ def backend_params():
             for b in BACKENDS]
 
 
-# ---- the machine's matmul peak, measured in this run ------------------------------------------------
-@pytest.fixture(scope="session")
-def matmul_peak():
-    """GFLOP/s of the best large square matmul (fp32 on CPU, bf16 on CUDA): the 100% of
-    `of_peak`. The best of several sizes and repeats, after a warm-up: a single size under-reads
-    the peak by up to 40% on a shared 2-core machine."""
-    import time
-
-    dtype = torch.bfloat16 if CUDA else torch.float32
-    best = 0.0
-    for n in ((4096, 8192) if CUDA else (2048, 3072)):
-        a, b = (torch.randn(n, n, device=DEVICE, dtype=dtype) for _ in range(2))
-        out = torch.empty(n, n, device=DEVICE, dtype=dtype)
-        torch.mm(a, b, out=out)  # warm-up: thread pool, caches, clocks
-        for _ in range(5):
-            _sync()
-            start = time.perf_counter()
-            torch.mm(a, b, out=out)
-            _sync()
-            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
-    return best
-
-
 @pytest.fixture(scope="session", autouse=True)
 def gpu_monitor():
     """NVML sampled in a thread for the whole session (CUDA only; a no-op elsewhere)."""
@@ -81,8 +57,9 @@ def gpu_monitor():
         yield monitor
 
 
-def _account(benchmark, flops_per_call: float, images_per_call: int, peak: float, monitor=None):
+def _account(benchmark, flops_per_call: float, images_per_call: int, matmul_peak, monitor=None):
     seconds = benchmark.stats.stats.median
+    peak = matmul_peak.read()  # interleaved with the benchmarks; the JSON gets the run's best
     if monitor is not None and monitor.active:  # utilisation, memory, power over this benchmark
         benchmark.extra_info["gpu"] = monitor.summary(reset=True)
     benchmark.extra_info.update(
@@ -110,7 +87,7 @@ def _batch(cfg, batch: int):
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("preset,batch", STEP_CASES, ids=[p for p, _ in STEP_CASES])
-def test_training_step(benchmark, matmul_peak, gpu_monitor, preset, batch, backend, compiled, dtype):
+def test_training_step(benchmark, measure, matmul_peak, gpu_monitor, preset, batch, backend, compiled, dtype):
     """The trainer's own step (training/step.py: forward, eq. 3 loss with the decoupled L2,
     backward, its AdamW with two parameter groups; compiled: all of it one graph), fed the way
     the trainer feeds it (device_batch: uint8 copy, scaling, flip and crop drawn on the device): images/s."""
@@ -140,13 +117,13 @@ def test_training_step(benchmark, matmul_peak, gpu_monitor, preset, batch, backe
 
     benchmark.group = f"training step, {preset}, B={batch}, {dtype}"
     benchmark.extra_info.update(backend=backend + (" compiled" if compiled else ""), preset=preset, batch=batch, dtype=dtype)
-    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
+    measure(step)
     _account(benchmark, batch * training_step_flops(cfg), batch, matmul_peak, gpu_monitor)
 
 
 # ---- the SimpleNet ensemble alone ----------------------------------------------------------------------
 @pytest.mark.parametrize("backend", backend_params())
-def test_simplenet_fwd_bwd(benchmark, matmul_peak, gpu_monitor, backend):
+def test_simplenet_fwd_bwd(benchmark, measure, matmul_peak, gpu_monitor, backend):
     batch = 64 if CUDA else 2
     cfg, model = _model("paper", backend)
     f9 = torch.randn(batch, cfg.unet_widths[0], cfg.image_size, cfg.image_size, device=DEVICE,
@@ -162,7 +139,7 @@ def test_simplenet_fwd_bwd(benchmark, matmul_peak, gpu_monitor, backend):
 
     benchmark.group = f"SimpleNet ensemble fwd + bwd, paper, B={batch}"
     benchmark.extra_info.update(backend=backend, preset="paper", batch=batch)
-    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
+    measure(step)
     simplenet = forward_flops(cfg)["simplenet"]
     _account(benchmark, batch * 3 * simplenet, batch, matmul_peak, gpu_monitor)
 
@@ -173,7 +150,7 @@ INFERENCE_CASES = [("paper", 1), ("paper", 64)] if CUDA else [("paper", 1), ("ti
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("preset,batch", INFERENCE_CASES, ids=[f"{p}-B{b}" for p, b in INFERENCE_CASES])
-def test_inference(benchmark, matmul_peak, gpu_monitor, preset, batch, backend):
+def test_inference(benchmark, measure, matmul_peak, gpu_monitor, preset, batch, backend):
     cfg, model = _model(preset, backend)
     model.eval()
     x, _ = _batch(cfg, batch)
@@ -186,5 +163,5 @@ def test_inference(benchmark, matmul_peak, gpu_monitor, preset, batch, backend):
 
     benchmark.group = f"inference, {preset}, B={batch}"
     benchmark.extra_info.update(backend=backend, preset=preset, batch=batch)
-    benchmark.pedantic(infer, rounds=max(ROUNDS, 5), warmup_rounds=1)
+    measure(infer)
     _account(benchmark, batch * forward_flops(cfg)["total"], batch, matmul_peak, gpu_monitor)

@@ -40,7 +40,7 @@ def qkv():
 
 
 @pytest.mark.parametrize("backend", cpu_backends("extract_patches"))
-def test_extract_overlap_add_fwd_bwd(benchmark, f9, backend):
+def test_extract_overlap_add_fwd_bwd(benchmark, measure, f9, backend):
     benchmark.group = "extract_patches fwd + bwd (overlap-add)"
     x = f9.clone().requires_grad_(True)
 
@@ -49,18 +49,18 @@ def test_extract_overlap_add_fwd_bwd(benchmark, f9, backend):
         patches = lf.ops.extract_patches(x, GEOM, backend=backend)
         patches.backward(torch.ones_like(patches))
 
-    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    measure(step)
 
 
 @pytest.mark.parametrize("backend", cpu_backends("overlap_add"))
-def test_overlap_add_fwd(benchmark, f9, backend):
+def test_overlap_add_fwd(benchmark, measure, f9, backend):
     benchmark.group = "overlap_add fwd"
     patches = lf.ops.extract_patches(f9, GEOM, backend="reference")
-    benchmark.pedantic(lambda: lf.ops.overlap_add(patches, GEOM, backend=backend), rounds=5, warmup_rounds=1)
+    measure(lambda: lf.ops.overlap_add(patches, GEOM, backend=backend))
 
 
 @pytest.mark.parametrize("backend", cpu_backends("l1_nonlocal_attention"))
-def test_l1_attention_fwd_bwd(benchmark, qkv, backend):
+def test_l1_attention_fwd_bwd(benchmark, measure, qkv, backend):
     benchmark.group = "l1_nonlocal_attention fwd + bwd"
     leaves = [t.clone().requires_grad_(True) for t in qkv]
     grad_s, grad_w = torch.randn(BATCH, 16, 512), torch.randn(BATCH, 16)
@@ -71,19 +71,19 @@ def test_l1_attention_fwd_bwd(benchmark, qkv, backend):
         s, w = lf.ops.l1_nonlocal_attention(*leaves, backend=backend)
         torch.autograd.backward((s, w), (grad_s, grad_w))
 
-    benchmark.pedantic(step, rounds=50, warmup_rounds=5)
+    measure(step)
 
 
 @pytest.mark.parametrize("backend", cpu_backends("extract_patches"))
-def test_extract_patches_fwd(benchmark, f9, backend):
+def test_extract_patches_fwd(benchmark, measure, f9, backend):
     benchmark.group = "extract_patches fwd"
-    benchmark.pedantic(lambda: lf.ops.extract_patches(f9, GEOM, backend=backend), rounds=5, warmup_rounds=1)
+    measure(lambda: lf.ops.extract_patches(f9, GEOM, backend=backend))
 
 
 @pytest.mark.parametrize("backend", cpu_backends("l1_nonlocal_attention"))
-def test_l1_attention_fwd(benchmark, qkv, backend):
+def test_l1_attention_fwd(benchmark, measure, qkv, backend):
     benchmark.group = "l1_nonlocal_attention fwd"
-    benchmark.pedantic(lambda: lf.ops.l1_nonlocal_attention(*qkv, backend=backend), rounds=50, warmup_rounds=5)
+    measure(lambda: lf.ops.l1_nonlocal_attention(*qkv, backend=backend))
 
 
 # ---- the SimpleNet convolutions at the paper's shapes; CONV_BATCH images keep a CPU run short ----
@@ -108,15 +108,15 @@ def _conv_call(label, c_in, c_out, side, pool, backend, requires_grad):
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
 @pytest.mark.parametrize("backend", cpu_backends("grouped_conv3x3"))
-def test_conv_fwd(benchmark, case, backend):
+def test_conv_fwd(benchmark, measure, case, backend):
     benchmark.group = f"{case[0]} fwd, B={CONV_BATCH}"
     inputs, call = _conv_call(*case, backend, requires_grad=False)
-    benchmark.pedantic(lambda: call(*inputs), rounds=3, warmup_rounds=1)
+    measure(lambda: call(*inputs))
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
 @pytest.mark.parametrize("backend", cpu_backends("grouped_conv3x3"))
-def test_conv_fwd_bwd(benchmark, case, backend):
+def test_conv_fwd_bwd(benchmark, measure, case, backend):
     benchmark.group = f"{case[0]} fwd + bwd, B={CONV_BATCH}"
     inputs, call = _conv_call(*case, backend, requires_grad=True)
 
@@ -126,4 +126,4 @@ def test_conv_fwd_bwd(benchmark, case, backend):
         out = call(*inputs)
         out.backward(torch.ones_like(out))
 
-    benchmark.pedantic(step, rounds=3, warmup_rounds=1)
+    measure(step)

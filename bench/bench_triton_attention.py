@@ -49,8 +49,9 @@ def inputs():
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
-def test_forward(benchmark, inputs, impl):
+def test_forward(benchmark, measure, inputs, impl):
     benchmark.group = f"l1_nonlocal_attention fwd ({BATCH}x{REGIONS}x{DIM} {DTYPE})"
+    benchmark.extra_info["backend"] = impl
     fn = IMPLS[impl]
     qkv, _ = inputs
 
@@ -59,12 +60,13 @@ def test_forward(benchmark, inputs, impl):
             fn(*qkv)
         torch.cuda.synchronize()
 
-    benchmark.pedantic(step, rounds=200, iterations=1, warmup_rounds=20)
+    measure(step)
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
-def test_forward_backward(benchmark, inputs, impl):
+def test_forward_backward(benchmark, measure, inputs, impl):
     benchmark.group = f"l1_nonlocal_attention fwd + bwd ({BATCH}x{REGIONS}x{DIM} {DTYPE})"
+    benchmark.extra_info["backend"] = impl
     fn = IMPLS[impl]
     qkv, grads = inputs
     leaves = [t.clone().requires_grad_(True) for t in qkv]
@@ -76,4 +78,4 @@ def test_forward_backward(benchmark, inputs, impl):
         torch.autograd.backward((s, w), grads)
         torch.cuda.synchronize()
 
-    benchmark.pedantic(step, rounds=200, iterations=1, warmup_rounds=20)
+    measure(step)

@@ -95,8 +95,9 @@ def _flops_simplenet():
     return sum(2 * BATCH * M * s * s * co * ci * 9 for ci, co, s in layers)
 
 
-def _record(benchmark, group, flops):
+def _record(benchmark, group, flops, impl):
     benchmark.group = group
+    benchmark.extra_info["backend"] = impl  # bench/report.py's row label and its ratio's reference
     benchmark.extra_info["GFLOP"] = round(flops / 1e9, 1)
     benchmark.extra_info["floor_ms"] = round(flops / PEAK_FLOPS * 1e3, 3)
 
@@ -107,8 +108,8 @@ def _leaves(tensors):
 
 # ---- (a) first layer ----------------------------------------------------------------------
 @pytest.mark.parametrize("impl", IMPLS)
-def test_patch_conv_fwd(benchmark, f9, simplenet_params, impl):
-    _record(benchmark, "patch conv 64->64 fwd (B=64, bf16)", _flops_first_layer())
+def test_patch_conv_fwd(benchmark, measure, f9, simplenet_params, impl):
+    _record(benchmark, "patch conv 64->64 fwd (B=64, bf16)", _flops_first_layer(), impl)
     w, b = simplenet_params[0]
     patch_conv = OPS[impl][0]
 
@@ -118,12 +119,12 @@ def test_patch_conv_fwd(benchmark, f9, simplenet_params, impl):
         torch.cuda.synchronize()
         return out
 
-    benchmark.pedantic(step, rounds=20, warmup_rounds=3)
+    measure(step)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_patch_conv_fwd_bwd(benchmark, f9, simplenet_params, impl):
-    _record(benchmark, "patch conv 64->64 fwd+bwd (B=64, bf16)", 3 * _flops_first_layer())
+def test_patch_conv_fwd_bwd(benchmark, measure, f9, simplenet_params, impl):
+    _record(benchmark, "patch conv 64->64 fwd+bwd (B=64, bf16)", 3 * _flops_first_layer(), impl)
     x, w, b = _leaves([f9, *simplenet_params[0]])
     patch_conv = OPS[impl][0]
     upstream = torch.randn(BATCH, M, WIDTHS[0], GEOM.patch, GEOM.patch, device="cuda", dtype=DTYPE)
@@ -133,13 +134,13 @@ def test_patch_conv_fwd_bwd(benchmark, f9, simplenet_params, impl):
         patch_conv(x, w, b, GEOM, relu=True).backward(upstream)
         torch.cuda.synchronize()
 
-    benchmark.pedantic(step, rounds=10, warmup_rounds=2)
+    measure(step)
 
 
 # ---- (b) the SimpleNet ensemble -----------------------------------------------------------
 @pytest.mark.parametrize("impl", IMPLS)
-def test_simplenet_fwd(benchmark, f9, simplenet_params, impl):
-    _record(benchmark, "SimpleNet ensemble fwd (B=64, bf16)", _flops_simplenet())
+def test_simplenet_fwd(benchmark, measure, f9, simplenet_params, impl):
+    _record(benchmark, "SimpleNet ensemble fwd (B=64, bf16)", _flops_simplenet(), impl)
 
     @torch.no_grad()
     def step():
@@ -147,12 +148,12 @@ def test_simplenet_fwd(benchmark, f9, simplenet_params, impl):
         torch.cuda.synchronize()
         return out
 
-    benchmark.pedantic(step, rounds=10, warmup_rounds=2)
+    measure(step)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_simplenet_fwd_bwd(benchmark, f9, simplenet_params, impl):
-    _record(benchmark, "SimpleNet ensemble fwd+bwd (B=64, bf16)", 3 * _flops_simplenet())
+def test_simplenet_fwd_bwd(benchmark, measure, f9, simplenet_params, impl):
+    _record(benchmark, "SimpleNet ensemble fwd+bwd (B=64, bf16)", 3 * _flops_simplenet(), impl)
     x = f9.detach().clone().requires_grad_(True)
     params = [tuple(_leaves(p)) for p in simplenet_params]
 
@@ -163,7 +164,7 @@ def test_simplenet_fwd_bwd(benchmark, f9, simplenet_params, impl):
         simplenet(impl, x, params).float().square().mean().backward()
         torch.cuda.synchronize()
 
-    benchmark.pedantic(step, rounds=10, warmup_rounds=2)
+    measure(step)
 
 
 @pytest.mark.parametrize("impl", [name for name in IMPLS if name != "triton"])

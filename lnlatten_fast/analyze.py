@@ -21,15 +21,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a directory written by lnlatten_fast.train (one fold's, for a K-fold run)")
     p.add_argument("--alpha-runs", nargs="+", default=[], metavar="RUN_DIR",
                    help="runs of the same setting with other α: adds fig. 14 (e.g. a sweep alpha's run directories)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which of the run's models to draw")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--which", "--checkpoint", dest="which", choices=("last", "best"), default="last",
+                   help="which of the run's models to draw: its last epoch's (last.pt) or its best (best.pt); "
+                        "--checkpoint is its older name")
+    cli.add_device_flag(p)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        written = analyze_run(args.run_dir, args.alpha_runs, args.device, args.checkpoint)
+        written = analyze_run(args.run_dir, args.alpha_runs, args.device, args.which)
     except cli.LIBRARY_ERRORS as error:
         return cli.fail(error, {"run_dir": "RUN_DIR"})
     for path in written:

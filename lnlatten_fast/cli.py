@@ -19,7 +19,8 @@ from .config import PRESETS, LNLConfig, flag_help
 from .errors import as_flag, cli_message
 
 __all__ = [
-    "MODEL_FLAGS", "LIBRARY_ERRORS", "RUN_FAILED", "given_flags", "HelpFormatter", "add_model_flags", "model_overrides", "fail", "preset_defaults",
+    "MODEL_FLAGS", "LIBRARY_ERRORS", "RUN_FAILED", "given_flags", "HelpFormatter", "add_model_flags", "add_device_flag",
+    "model_overrides", "fail", "preset_defaults",
 ]
 
 _HINTS = typing.get_type_hints(LNLConfig)
@@ -90,6 +91,12 @@ def add_model_flags(
             continue
         parser.add_argument(as_flag(name), type=str if choices else _parser(name), choices=choices,
                             default=argparse.SUPPRESS, help=help_text)
+
+
+def add_device_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str = "auto") -> None:
+    """`--device`, as every command line takes it (`distributed.pick_device` reads it)."""
+    parser.add_argument("--device", default=default,
+                        help=f"auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N (default: {default})")
 
 
 def model_overrides(args: argparse.Namespace, names: Iterable[str] = MODEL_FLAGS) -> dict:

@@ -280,5 +280,5 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
         )),
     ),
     # SPEC §1: the paper's network, its lr 3e-4, and a batch of 64.
-    "paper": Preset("the paper's network (SPEC §1), 144 px", batch_size=64, lr=3e-4),
+    "paper": Preset("the paper's network (section III, tables I-III), 144 px", batch_size=64, lr=3e-4),
 })

@@ -1,5 +1,7 @@
-"""`python -m lnlatten_fast.evaluate --checkpoint RUN/best.pt`: test accuracy of a saved model.
+"""`python -m lnlatten_fast.evaluate --checkpoint RUN`: test accuracy of a saved model, overall
+and per class.
 
+--checkpoint is a run directory (its best.pt; `--which last`: its last.pt) or a checkpoint file.
 The dataset, its root and the synthetic seed default to those the run was trained with.
 """
 
@@ -7,25 +9,46 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import cli, jsonio
 from .data.datasets import DATASETS
 from .training.evaluation import evaluate_checkpoint
+from .training.inference import RUN_CHECKPOINTS
 from .training.precision import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lnlatten_fast.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True,
-                   help="a best.pt or last.pt written by lnlatten_fast.train, or its run directory (its best.pt)")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_CKPT",
+                   help="a run directory written by lnlatten_fast.train (its best.pt, or --which), or a "
+                        "best.pt or last.pt")
+    p.add_argument("--which", choices=tuple(RUN_CHECKPOINTS), default=None,
+                   help="which of the run directory's models: its best epoch's (best.pt, the default) or its "
+                        "last (last.pt)")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's dataset")
     p.add_argument("--data-root", default=None, help="default: the run's --data-root")
-    p.add_argument("--device", default="auto")
+    cli.add_device_flag(p)
     cli.add_model_flags(p, ["backend"], default=lambda name: f"the run's {name}")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the run's precision")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--batch-size", type=int, default=128, help="test images per forward pass (default: 128)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON (with the confusion matrix and per_class: each class's "
+                        "images and accuracy)")
     return p
+
+
+def _print_result(result: dict) -> None:
+    print(f"{result['dataset']} test set, {result['images']} images, {result['checkpoint']} (epoch {result['epoch']})")
+    recorded = result["recorded_test_accuracy"]  # None: saved within an epoch (a stop signal)
+    print(f"test accuracy        {result['accuracy']:.4f} "
+          + (f"(recorded at training: {recorded:.4f})" if recorded is not None else "(saved mid-epoch: none recorded)"))
+    print(f"mean class accuracy  {result['mean_class_accuracy']:.4f}")
+    print("per-class accuracy:")
+    width = max(len(name) for name in result["per_class"])
+    for name, entry in result["per_class"].items():
+        accuracy = "     —" if entry["accuracy"] is None else f"{entry['accuracy']:.4f}"
+        print(f"  {name:{width}s}  {accuracy}  ({entry['images']} images)")
 
 
 def main(argv=None) -> int:
@@ -33,22 +56,22 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         print(f"error: --batch-size {args.batch_size}: expected a positive number of images", file=sys.stderr)
         return 2
+    if args.which is not None and Path(args.checkpoint).is_file():
+        print(f"error: --which {args.which}: --checkpoint {args.checkpoint} is a checkpoint file, not a run directory",
+              file=sys.stderr)
+        return 2
     try:
         result = evaluate_checkpoint(
-            args.checkpoint, dataset=args.dataset, data_root=args.data_root, device=args.device,
-            backend=cli.model_overrides(args, ["backend"]).get("backend"), precision=args.precision,
-            batch_size=args.batch_size,
+            args.checkpoint, which=args.which or "best", dataset=args.dataset, data_root=args.data_root,
+            device=args.device, backend=cli.model_overrides(args, ["backend"]).get("backend"),
+            precision=args.precision, batch_size=args.batch_size,
         )
     except cli.LIBRARY_ERRORS as error:
         return cli.fail(error)
     if args.json:
         print(jsonio.dumps(result))
     else:
-        print(f"{result['dataset']} test set, {result['images']} images, checkpoint epoch {result['epoch']}")
-        recorded = result["recorded_test_accuracy"]  # None: saved within an epoch (a stop signal)
-        print(f"test accuracy        {result['accuracy']:.4f} "
-              + (f"(recorded at training: {recorded:.4f})" if recorded is not None else "(saved mid-epoch: none recorded)"))
-        print(f"mean class accuracy  {result['mean_class_accuracy']:.4f}")
+        _print_result(result)
     if result["skipped"]:
         print(f"warning: {len(result['skipped'])} test image(s) could not be decoded and were left out, e.g. "
               f"{result['skipped'][0]['path']}: {result['skipped'][0]['reason']}", file=sys.stderr)

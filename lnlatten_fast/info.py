@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
+import sys
 
 import torch
 
-from . import __version__
+from . import __version__, backends
 from .ops import native
-from .ops.dispatch import backends, measured_choices
+from .ops.dispatch import measured_choices
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog="python -m lnlatten_fast.info", description=__doc__.split("\n\n")[0])
 
 
 def report() -> str:
@@ -19,9 +25,7 @@ def report() -> str:
     ]
     lines.extend(native.build_report())
     lines.append("")
-    lines.append("backend   dev  ok   why")
-    for statuses in backends().values():
-        lines.extend(str(status) for status in statuses.values())
+    lines.append(repr(backends()))
     choices = measured_choices()
     if choices:
         lines.append("")
@@ -30,9 +34,11 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    build_parser().parse_args(argv)
     print(report())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import cli, train
 from .errors import ParameterError, as_flag
-from .training import sweeps
+from .training import distributed, memory, sweeps
 
 # The sweep chooses these for each run; the swept fields are refused too (see _refused).
 _OWN_FLAGS = {"out", "seed", "resume"}
@@ -58,18 +58,23 @@ def _refused(sweep: str) -> set[str]:
 
 
 def plan(sweep: str, passed: list[str]) -> dict:
-    """Check the passed-through train flags and every setting's config before anything runs:
-    {slug: TrainSettings}."""
+    """Check the passed-through train flags before anything runs, as train checks them before
+    it writes anything: every setting's settings, the device and the dataset on disk (shared:
+    once), and every setting's memory: {slug: TrainSettings}."""
     parser = train.build_parser()
     clashing = sorted(cli.given_flags(parser, passed) & _refused(sweep))
     if clashing:
         raise ParameterError(clashing[0], f"is set by the sweep {sweep} itself; leave it out")
     planned = {}
     for setting in sweeps.SWEEPS[sweep][1]:
-        args = parser.parse_args([*passed, *_setting_flags(setting), "--out", "unused"])
-        settings = train.settings_from_args(args)
+        settings = train.settings_from_args(parser.parse_args([*passed, *_setting_flags(setting), "--out", "unused"]))
         settings.validate()  # a setting this image size cannot hold fails here, by name
         planned[setting.slug] = settings
+    shared = next(iter(planned.values()))  # the settings differ only in the swept model fields
+    device = distributed.pick_device(shared.device)
+    sweeps.check_dataset(shared)
+    for settings in planned.values():
+        memory.check_memory(settings, device)
     return planned
 
 
@@ -202,6 +207,9 @@ def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args, passed = parser.parse_known_args(argv)
+    _, unknown = train.build_parser().parse_known_args(passed)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
     if args.jobs < 1:

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default=d.dataset,
-                      help="synthetic is built in; the others read --data-root (layouts in SPEC §5 / README)")
+                      help="synthetic is built in; the others read --data-root (each one's layout: the README's --dataset table)")
     data.add_argument("--data-root", default=None,
                       help="dataset folder (or CSV for fer2013/manifest); not needed for synthetic")
     data.add_argument("--workers", type=int, default=d.workers, help="processes decoding images into the cache")
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--l2-mode", choices=L2_MODES, default=d.l2_mode,
                      help="decoupled: W <- W - lr·2λ·W outside Adam (AdamW); loss: λ·Σ‖W‖² in the loss as eq. 3 "
                           "writes it (with Adam this stalls the network from Xavier init)")
-    run.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    cli.add_device_flag(run, d.device)
     run.add_argument("--seed", type=int, default=d.seed,
                      help="seeds the weights, shuffling, augmentation, folds and synthetic faces")
     run.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<preset>-<time>)")

@@ -18,7 +18,7 @@ from lnlatten_fast.training import localization, sweeps
 from lnlatten_fast.training.trainer import train
 
 FIGURES = {
-    "confusion.png", "nonlocal_weights.png", "nonlocal_weights_curves.png", "nonlocal_weights_snapshots.png",
+    "nonlocal_weights.png", "nonlocal_weights_curves.png", "nonlocal_weights_snapshots.png",
     "local_weights_occlusion_0.png", "local_weights_occlusion_1.png",
 }
 
@@ -123,12 +123,17 @@ def test_synthetic_run_measures_localization(traced_runs):
 
 def test_analyze_writes_every_figure(traced_runs, capsys):
     run = traced_runs[0.7]
+    trainers_confusion = (run / "confusion_matrix.png").read_bytes()
     assert analyze_cli.main([str(run), "--alpha-runs", str(traced_runs[0.2])]) == 0
     written = {p.name for p in (run / "figures").iterdir()}
     assert FIGURES | {"nonlocal_weights_by_alpha.png"} <= written
     for name in written:
         assert (run / "figures" / name).stat().st_size > 10_000, name  # a drawn figure, not an empty canvas
-    assert str(run / "figures" / "nonlocal_weights.png") in capsys.readouterr().out
+    printed = capsys.readouterr().out.split()
+    assert str(run / "figures" / "nonlocal_weights.png") in printed
+    # The confusion matrix is the run's one file, as train wrote it: listed, not copied or redrawn.
+    assert str(run / "confusion_matrix.png") in printed and not any("confusion" in name for name in written)
+    assert (run / "confusion_matrix.png").read_bytes() == trainers_confusion
 
 
 def test_analyze_errors_name_the_argument(traced_runs, tmp_path, capsys):

@@ -115,14 +115,6 @@ def test_predict_prints_top3_and_draws_the_heatmap(finished_run, tmp_path, capsy
     assert heatmap.stat().st_size > 1000
 
 
-def test_heatmap_scale_is_fixed_around_the_uniform_weight():
-    from lnlatten_fast.viz import nonlocal_weight_scale
-
-    assert nonlocal_weight_scale(16) == (0.0, 0.125)
-    low, high = nonlocal_weight_scale(9)
-    assert low == 0 and abs((low + high) / 2 - 1 / 9) < 1e-12
-
-
 def _train_one_cli_epoch(out, *flags):
     """`python -m lnlatten_fast.train` for one small CPU epoch into `out`; returns `out`."""
     code = train_cli.main(["--device", "cpu", "--epochs", "1", "--image-size", "32", "--batch-size", "16",

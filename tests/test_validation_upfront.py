@@ -155,7 +155,7 @@ def test_checkpoint_may_be_a_run_directory_and_image_a_folder(tmp_path, capsys):
     printed = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
     assert printed == [str(faces / name) for name in ("a.jpg", "b.png", "c.PNG")]
     assert evaluate_cli.main(["--checkpoint", str(run), "--json"]) == 0
-    assert strict_json(capsys.readouterr().out)["checkpoint"] == str(run)
+    assert strict_json(capsys.readouterr().out)["checkpoint"] == str(run / "best.pt")  # the file evaluated
 
 
 def test_a_run_directory_without_best_pt_and_a_folder_without_images_are_one_line(tmp_path, capsys):

@@ -28,6 +28,7 @@ $LNLATTEN_CACHE). Without fcntl (not POSIX) there is no locking.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from concurrent.futures import ProcessPoolExecutor
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -53,7 +54,25 @@ try:
 except ImportError:  # not POSIX: no locking
     fcntl = None
 
-__all__ = ["ImageSet", "default_cache_dir", "fingerprint", "build_image_cache", "cached_arrays", "decode_image"]
+__all__ = [
+    "ImageSet", "BuildProgress", "BUILD_CHUNK", "default_cache_dir", "fingerprint", "build_image_cache",
+    "cached_arrays", "decode_image",
+]
+
+#: Images per decoding job, and so per progress report while an entry is built.
+BUILD_CHUNK = 256
+
+
+class BuildProgress:
+    """How the building of a cache entry is shown; this one shows nothing (a training run's
+    own is training.progress.CacheProgress). `task` is entered only when an entry has to be
+    built, never when it is read from the cache."""
+
+    @contextlib.contextmanager
+    def task(self, what: str, total: int) -> Iterator[Callable[[int], None]]:
+        """Around the building of `total` images described as `what` (e.g. "rafdb train"); yields
+        `advance(count)`, which the builder calls as `count` more images are done."""
+        yield lambda count: None
 
 
 @dataclass
@@ -340,24 +359,27 @@ def cached_arrays(
 
 def build_image_cache(
     samples: Sequence[Sample], size: int, name: str, cache_dir: Path | None = None, workers: int = 0,
-    strict: bool = False,
+    strict: bool = False, progress: BuildProgress | None = None, what: str | None = None,
 ) -> ImageSet:
     """Decode `samples` once at `size` px (in `workers` processes) and serve them from disk.
+    A build is shown by `progress` (none by default) as `what` (default: `name`).
 
     An image that cannot be decoded is left out and listed in the result's `skipped`; with
     `strict` it raises ImageDecodeError naming the file instead."""
     if not samples:
         raise ValueError(f"{name}: no images to cache (the reader found none)")
+    progress = progress if progress is not None else BuildProgress()
 
     def build():
-        chunk = 256
-        jobs = [(samples[i : i + chunk], size, strict) for i in range(0, len(samples), chunk)]
-        if workers > 0:
-            with ProcessPoolExecutor(workers) as pool:
-                parts = list(pool.map(_decode_chunk, jobs))
-        else:
-            parts = [_decode_chunk(job) for job in jobs]
-        bad = {start + i: (path, reason) for start, (_, failures) in zip(range(0, len(samples), chunk), parts)
+        starts = range(0, len(samples), BUILD_CHUNK)
+        jobs = [(samples[i : i + BUILD_CHUNK], size, strict) for i in starts]
+        parts = []
+        with progress.task(what or name, len(samples)) as advance, \
+                ProcessPoolExecutor(workers) if workers > 0 else contextlib.nullcontext() as pool:
+            for part in pool.map(_decode_chunk, jobs) if pool is not None else map(_decode_chunk, jobs):
+                parts.append(part)
+                advance(len(part[0]))
+        bad = {start + i: (path, reason) for start, (_, failures) in zip(starts, parts)
                for i, path, reason in failures}
         keep = np.array([i for i in range(len(samples)) if i not in bad], dtype=np.int64)
         images = np.concatenate([p[0] for p in parts])[keep]

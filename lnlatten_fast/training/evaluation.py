@@ -16,12 +16,22 @@ from ..data.cache import ImageSet
 from ..data.pipeline import BatchLoader
 from ..model import LNLAttenNet
 from . import distributed, metrics
-from .inference import load_model
+from .inference import checkpoint_file, load_model
 from .loading import load_test_split
 from .precision import autocast, resolve_precision
 from .settings import TrainSettings
 
-__all__ = ["evaluate", "evaluate_checkpoint"]
+__all__ = ["evaluate", "evaluate_checkpoint", "per_class"]
+
+
+def per_class(confusion: list[list[int]], unscored: list[int], names: list[str]) -> dict[str, dict]:
+    """{class name: {"images": its test images, "accuracy": the share of them predicted as it
+    (None where it has none)}}, the classes in model order; `unscored` images are wrong."""
+    result = {}
+    for index, name in enumerate(names):
+        images = sum(confusion[index]) + unscored[index]
+        result[name] = {"images": images, "accuracy": confusion[index][index] / images if images else None}
+    return result
 
 
 @torch.no_grad()
@@ -30,7 +40,7 @@ def evaluate(
 ) -> dict:
     """Accuracy, mean class accuracy and confusion matrix, summed over every rank's share.
     `nonfinite`: images whose logits held NaN or inf; they are wrong in both accuracies and
-    absent from the confusion matrix."""
+    absent from the confusion matrix (`unscored`: how many of them of each true class)."""
     model.eval()
     precision = resolve_precision(precision, ctx.device)  # once, and before any batch is loaded
     indices = np.arange(ctx.rank, len(images), ctx.world_size)  # disjoint shares, no padding
@@ -51,6 +61,7 @@ def evaluate(
         "accuracy": metrics.accuracy(confusion, unscored),
         "mean_class_accuracy": metrics.mean_class_accuracy(confusion, unscored),
         "confusion": confusion.tolist(),
+        "unscored": unscored.tolist(),
         "nonfinite": int(unscored.sum()),
     }
 
@@ -58,6 +69,7 @@ def evaluate(
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
+    which: str = "best",
     dataset: str | None = None,
     data_root: str | None = None,
     device: str = "auto",
@@ -65,12 +77,16 @@ def evaluate_checkpoint(
     precision: str | None = None,
     batch_size: int = 128,
 ) -> dict:
-    """Load `checkpoint`, rebuild its run's test split (its fold for a K-fold run) and evaluate.
+    """Load `checkpoint` (a checkpoint file, or a run directory: its best.pt, or with
+    `which="last"` its last.pt), rebuild its run's test split (its fold for a K-fold run) and
+    evaluate.
 
     `dataset`, `data_root`, `backend` and `precision` default to the run's. Returns `evaluate`'s
-    result plus `checkpoint`, `epoch`, `dataset`, `images` and `recorded_test_accuracy` (what
-    the run measured when it saved the checkpoint).
+    result plus `checkpoint` (the file evaluated), `epoch`, `dataset`, `images`,
+    `recorded_test_accuracy` (what the run measured when it saved the checkpoint) and
+    `per_class` (see `per_class`, by the checkpoint's class names).
     """
+    checkpoint = checkpoint_file(checkpoint, which)
     chosen = distributed.pick_device(device)
     model, payload = load_model(checkpoint, chosen, backend)
     settings = TrainSettings.from_dict(payload["settings"])
@@ -82,5 +98,6 @@ def evaluate_checkpoint(
     result.update(
         checkpoint=str(checkpoint), epoch=payload["epoch"], dataset=settings.dataset,
         images=len(test_set), recorded_test_accuracy=payload["test_accuracy"], skipped=test_set.skipped,
+        per_class=per_class(result["confusion"], result["unscored"], payload["class_names"]),
     )
     return result

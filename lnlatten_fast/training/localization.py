@@ -21,6 +21,8 @@ correlation when w_g or the cue areas are constant, the others' drop when there 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..geometry import PatchGeometry
@@ -149,8 +151,17 @@ def measure(model, images_u8: np.ndarray, regions: np.ndarray, device, precision
         model.train(was_training)
 
 
-def summary_lines(found: dict) -> list[str]:
-    """The figures of `measure` as summary.md's bullet lines ("undefined" where one is None)."""
+def _w_l_change(whose: str, drop: float) -> str:
+    """How occlusion moved `whose` w_l, by `drop` (occlusion_drops' sign: positive, it fell)."""
+    amount = f"{abs(drop):.4f}"
+    if float(amount) == 0:
+        return f"leaves {whose} w_l unchanged (to 4 decimals)"
+    return f"{'lowers' if drop > 0 else 'raises'} {whose} w_l by {amount}"
+
+
+def summary_lines(found: dict, strong: Callable[[str], str] = lambda text: f"**{text}**") -> list[str]:
+    """The figures of `measure` as the summary's bullet lines ("undefined" where one is None),
+    the headline figures passed through `strong` (Markdown bold by default; `str` for plain text)."""
     def shown(key: str, form: str = ".2f", suffix: str = "") -> str:
         return "undefined" if found.get(key) is None else f"{found[key]:{form}}{suffix}"
 
@@ -158,7 +169,8 @@ def summary_lines(found: dict) -> list[str]:
         preference = ("w_g's preference for the patches that touch a cue is undefined (no face has both such "
                       "patches and others)")
     else:
-        preference = (f"w_g puts **{found['crucial_mass_ratio']:.2f}x** the uniform share of its mass on the "
+        ratio = strong(f"{found['crucial_mass_ratio']:.2f}x")
+        preference = (f"w_g puts {ratio} the uniform share of its mass on the "
                       f"{found['crucial_patches_mean']:.1f} patches that touch a cue (ceiling "
                       f"{shown('crucial_mass_ratio_ceiling', suffix='x')})")
     lines = [
@@ -167,11 +179,13 @@ def summary_lines(found: dict) -> list[str]:
     ]
     if "occlusion_own_drop" in found:
         selectivity = found["occlusion_selectivity"]
+        others = found["occlusion_other_drop"]
         lines.append(
-            f"- occluding a patch lowers its own w_l by {found['occlusion_own_drop']:.4f} and the others' by "
-            f"{shown('occlusion_other_drop', '.4f')} on average: selectivity "
-            + (f"**{selectivity:.2f}**" if selectivity is not None
-               else "undefined (there are no other patches)" if found["occlusion_other_drop"] is None
+            f"- occluding a patch {_w_l_change('its own', found['occlusion_own_drop'])}"
+            + ("" if others is None else " and " + _w_l_change("the others'", others))
+            + " on average: selectivity "
+            + (strong(f"{selectivity:.2f}") if selectivity is not None
+               else "undefined (there are no other patches)" if others is None
                else "undefined (the others' w_l did not fall)")
         )
     return lines

@@ -17,10 +17,14 @@ Modes (`PROGRESS_MODES`), all on stderr:
 - "auto": "bar" when stderr is a terminal, "lines" otherwise.
 In every mode the epoch lines and `write`'s lines go to stdout, flushed: they are the run's
 record, and a log file holds them in order with the progress lines.
+
+`CacheProgress` shows the building of the image cache before training the same way: a line on
+stdout when a build starts and when it ends, and the mode's progress on stderr between them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +32,9 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-__all__ = ["PROGRESS_MODES", "LINE_INTERVAL_SECONDS", "Progress", "resolve_mode", "format_duration"]
+from ..data.cache import BuildProgress
+
+__all__ = ["PROGRESS_MODES", "LINE_INTERVAL_SECONDS", "Progress", "CacheProgress", "resolve_mode", "format_duration"]
 
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 # A heartbeat a minute: often enough to see that a job is alive and when it will end, and a
@@ -45,6 +51,12 @@ def resolve_mode(mode: str, stream: TextIO) -> str:
         return mode
     isatty = getattr(stream, "isatty", None)
     return "bar" if isatty is not None and isatty() else "lines"
+
+
+def _record(line: str) -> None:
+    """A line of the run's record: on stdout, flushed, without breaking a bar."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def format_duration(seconds: float) -> str:
@@ -115,8 +127,7 @@ class Progress:
 
     def write(self, line: str) -> None:
         """Print `line` on stdout without breaking a bar."""
-        tqdm.write(line, file=sys.stdout)
-        sys.stdout.flush()
+        _record(line)
 
     def epoch_done(self, line: str) -> None:
         """Print an epoch's line, with the estimated time left for the remaining epochs (at the
@@ -137,3 +148,51 @@ class Progress:
             parts += [f"loss {self._latest['loss']:.4f}", f"{self._latest['images_per_second']:.0f} img/s"]
         parts.append(f"epoch ETA {format_duration(seconds_per_step * (total - step))}")
         print("  ".join(parts), file=self.stream, flush=True)
+
+
+class CacheProgress(BuildProgress):
+    """The building of an image cache entry, as a run shows it: "<what>: building the image
+    cache (N images)…" on stdout when it starts and "<what>: image cache built in 4s" when it
+    ends, and between them, as `mode` says (see the module's docstring), a bar or a plain line
+    each `interval` seconds with the images done and the ETA on `stream` (stderr when None).
+    `enabled=False` (a DDP rank other than the first) shows nothing at all."""
+
+    def __init__(self, mode: str, *, enabled: bool = True, stream: TextIO | None = None,
+                 interval: float = LINE_INTERVAL_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self.stream = sys.stderr if stream is None else stream
+        self.mode = resolve_mode(mode, self.stream)
+        self.enabled = enabled
+        self.interval = interval
+        self.clock = clock
+
+    @contextlib.contextmanager
+    def task(self, what: str, total: int) -> Iterator[Callable[[int], None]]:
+        if not self.enabled:
+            yield lambda count: None
+            return
+        _record(f"{what}: building the image cache ({total} images)…")
+        start = self.clock()
+        if self.mode == "bar":
+            with tqdm(total=total, desc=f"{what}: image cache", unit="img", leave=False, dynamic_ncols=True,
+                      file=self.stream) as bar:
+                yield bar.update
+        elif self.mode == "lines":
+            yield self._lines(what, total, start)
+        else:
+            yield lambda count: None
+        _record(f"{what}: image cache built in {format_duration(self.clock() - start)}")
+
+    def _lines(self, what: str, total: int, start: float) -> Callable[[int], None]:
+        done, last_line = 0, start
+
+        def advance(count: int) -> None:
+            nonlocal done, last_line
+            done += count
+            now = self.clock()
+            if now - last_line >= self.interval and done < total:
+                last_line = now
+                left = (now - start) / done * (total - done)
+                print(f"{what}: image cache {done}/{total} images  ETA {format_duration(left)}", file=self.stream,
+                      flush=True)
+
+        return advance

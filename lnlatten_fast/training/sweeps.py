@@ -7,8 +7,9 @@ natural P // 8 output (`local_feature_size=None`): the paper's premise that a la
 more parameters holds only there. Tables IV and V use the default (f_i pooled to 6 x 6), which
 at the paper's P = 48 is the same network.
 
-The number reported is the paper's: each run's mean test accuracy over its last 10 epochs,
-then mean ± std over seeds.
+The number reported is the paper's: each run's mean test accuracy over its last 10 epochs
+(all of them for a run of E < 10: min(10, E), as the tables say), then mean ± std over seeds
+(the std left blank for one seed).
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from pathlib import Path
 import torch
 
 from ..config import LNLConfig
+from ..data.datasets import SYNTHETIC, read_dataset
+from ..errors import MissingPathError, ParameterError
 from ..model import LNLAttenNet, count_parameters
 from . import metrics
+from .settings import TrainSettings
+from .trainer import LAST_EPOCHS_AVERAGED
 
 __all__ = ["Setting", "SWEEPS", "PAPER", "PAPER_DATASETS", "run_dir", "is_finished", "parameter_count",
-           "collect", "write_tables"]
+           "check_dataset", "collect", "write_tables"]
 
 
 @dataclass(frozen=True)
@@ -105,22 +110,40 @@ def parameter_count(config: LNLConfig) -> int:
         return count_parameters(LNLAttenNet(config))
 
 
+def check_dataset(settings: TrainSettings) -> None:
+    """List the dataset on disk that every run of `settings` will read, once: a missing
+    `data_root`, or one without the dataset's layout, is refused before any run starts."""
+    if settings.dataset == SYNTHETIC:
+        return
+    if settings.data_root is None:
+        raise ParameterError("data_root", f"is required for dataset {settings.dataset!r}")
+    root = Path(settings.data_root).expanduser()
+    if not root.exists():
+        raise MissingPathError("data_root", f"{root} does not exist")
+    read_dataset(settings.dataset, root, "all")
+
+
 def collect(out: Path, sweep: str, seeds: list[int], parameters: dict[str, int]) -> list[dict]:
-    """One row per setting: its parameter count (`parameters`, by slug) and the finished seeds'
-    accuracies (%)."""
+    """One row per setting: its parameter count (`parameters`, by slug), the finished seeds'
+    accuracies (%) and how many epochs each of them averaged (`averaged`: min(10, E), None for
+    a summary that does not say)."""
     rows = []
     for setting in SWEEPS[sweep][1]:
-        accuracies, localizations = [], []
+        accuracies, averaged, localizations = [], [], []
         for seed in seeds:
             path = run_dir(out, setting, seed) / "summary.json"
             if path.is_file():
                 summary = json.loads(path.read_text())
                 accuracies.append(100.0 * summary["test_accuracy_last10_mean"])
+                epochs = summary.get("epochs")  # summaries from before `epochs_averaged` say only this
+                averaged.append(summary.get("epochs_averaged",
+                                            None if epochs is None else min(LAST_EPOCHS_AVERAGED, epochs)))
                 if "localization" in summary:
                     localizations.append(summary["localization"])
         mean, std = metrics.mean_std(accuracies) if accuracies else (math.nan, math.nan)
         row = dict(setting=setting.name, slug=setting.slug, parameters=parameters[setting.slug],
-                   seeds=len(accuracies), accuracy_mean=mean, accuracy_std=std, accuracies=accuracies)
+                   seeds=len(accuracies), accuracy_mean=mean, accuracy_std=std if len(accuracies) > 1 else None,
+                   accuracies=accuracies, averaged=averaged)
         for key in LOCALIZATION_COLUMNS:  # synthetic runs: how well w_g finds the cues, mean over seeds
             values = [found[key] for found in localizations if found.get(key) is not None]
             row[key] = sum(values) / len(values) if values else None
@@ -141,6 +164,17 @@ def _number(value) -> str:
     return "—" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
+def _averaged_epochs(rows: list[dict]) -> str:
+    """What each run's number is the mean of: "the last 10 epochs", "the last 2 epochs" where
+    every run trained 2, or "the last min(10, E) epochs" where the runs' E differ."""
+    counts = {count for row in rows for count in row["averaged"]}
+    counts = {LAST_EPOCHS_AVERAGED if count is None else count for count in counts} or {LAST_EPOCHS_AVERAGED}
+    if len(counts) > 1:
+        return f"the last min({LAST_EPOCHS_AVERAGED}, E) epochs of a run of E"
+    count = counts.pop()
+    return "the last epoch" if count == 1 else f"the last {count} epochs"
+
+
 def write_tables(out: Path, sweep: str, rows: list[dict], dataset: str, description: str) -> tuple[Path, Path]:
     """OUT/table.md in the paper's layout (ours beside the paper's numbers when the dataset is
     one of the paper's) and OUT/table.csv, one row per setting."""
@@ -149,7 +183,7 @@ def write_tables(out: Path, sweep: str, rows: list[dict], dataset: str, descript
     paper_row = PAPER_DATASETS.get(dataset)
     paper = PAPER[sweep].get(paper_row, {}) if paper_row else {}
     seeds = max((row["seeds"] for row in rows), default=0)
-    title = (f"Table {TABLES[sweep]} on {dataset}: test accuracy (%), mean of the last 10 epochs"
+    title = (f"Table {TABLES[sweep]} on {dataset}: test accuracy (%), mean of {_averaged_epochs(rows)}"
              + (f", mean ± std over {seeds} seeds" if seeds > 1 else ""))
     lines = [f"# {title}", "", description, ""]
     if sweep == "variants":  # the paper's table IV: one row per model
@@ -181,7 +215,7 @@ def write_tables(out: Path, sweep: str, rows: list[dict], dataset: str, descript
         for row in rows:
             writer.writerow([row["setting"], row["parameters"], row["seeds"],
                              "" if not row["seeds"] else f"{row['accuracy_mean']:.4f}",
-                             "" if not row["seeds"] else f"{row['accuracy_std']:.4f}",
+                             "" if row["accuracy_std"] is None else f"{row['accuracy_std']:.4f}",
                              paper.get(row["setting"], ""),
                              *("" if row[key] is None else f"{row[key]:.4f}" for key in LOCALIZATION_COLUMNS)])
     return markdown, table

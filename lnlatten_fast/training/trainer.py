@@ -1,7 +1,8 @@
 """The paper's protocol (SPEC §5) as one short loop.
 
 Adam (lr 3e-4, x0.95 per epoch), eq. 3 loss, horizontal flip + random crop, 24 epochs, test
-accuracy every epoch, and the paper's number: the mean of the last 10 epochs' test accuracy.
+accuracy every epoch, and the paper's number: the mean of the last 10 epochs' test accuracy (of
+all of them in a run of fewer epochs).
 CK+ (and any dataset run with `folds` = K) is trained K times on subject-independent folds and
 reported as mean ± std. Under torchrun the batch is split across processes with DDP.
 
@@ -30,21 +31,23 @@ from .. import figures, jsonio
 from ..data import labels
 from ..data.cache import ImageSet
 from ..data.pipeline import BatchLoader
-from ..data.splits import stratified_holdout
 from ..errors import ParameterError, PathExistsError, TrainingDivergedError
 from ..model import LNLAttenNet, lnl_loss
 from ..ops.dispatch import resolve_name
 from . import checkpoint, distributed, localization, memory, metrics, run_dir as runs
 from .evaluation import evaluate
-from .loading import load_data, load_test_regions
+from .loading import dataset_summary, load_run_splits, load_test_regions
 from .precision import autocast, resolve_precision
-from .progress import Progress
+from .progress import CacheProgress, Progress
 from .step import TrainStep, build_optimizer, current_lr, use_tensor_lr
 from .settings import TrainSettings
 from .telemetry import GpuMonitor
 from .trace import AttentionTrace
 
-__all__ = ["LAST_EPOCHS_AVERAGED", "TrainSettings", "TrainingInterrupted", "StopSignals", "fit", "train", "summarize"]
+__all__ = [
+    "LAST_EPOCHS_AVERAGED", "TrainSettings", "TrainingInterrupted", "StopSignals", "fit", "train", "summarize",
+    "summary_text",
+]
 
 LAST_EPOCHS_AVERAGED = 10  # the paper reports the mean of the last 10 epochs
 # The loss is checked for NaN/inf every this many steps: each check waits for the device, and
@@ -283,7 +286,7 @@ def fit(
                 "train_loss": loss_sum[0].item() / max(loss_sum[1].item(), 1),
                 "test_accuracy": test["accuracy"],
                 "test_mean_class_accuracy": test["mean_class_accuracy"],
-                "lr": current_lr(optimizer),
+                "lr": lr,  # what the epoch trained with: the scheduler has stepped since
                 "train_seconds": train_seconds,
                 "test_seconds": test_seconds,
                 "images_per_second": loss_sum[1].item() / train_seconds,
@@ -413,11 +416,16 @@ def _warm_up(train_step: TrainStep, model, train_set: ImageSet, test_set: ImageS
 
 
 def summarize(history: list[dict], settings: TrainSettings, backend: str, precision: str) -> dict:
+    """The run's figures for summary.json. `test_accuracy_last10_mean` (its name kept for the
+    readers of earlier runs) is the mean over the last `epochs_averaged` epochs: the paper's
+    LAST_EPOCHS_AVERAGED, or every epoch of a shorter run."""
     accuracies = [h["test_accuracy"] for h in history]
     best_epoch = int(np.argmax(accuracies)) + 1
     total_images = sum(h["images_per_second"] * h["train_seconds"] for h in history)
+    averaged = min(LAST_EPOCHS_AVERAGED, len(accuracies))
     return {
-        "test_accuracy_last10_mean": float(np.mean(accuracies[-LAST_EPOCHS_AVERAGED:])),
+        "test_accuracy_last10_mean": float(np.mean(accuracies[-averaged:])),
+        "epochs_averaged": averaged,
         "test_accuracy_best": max(accuracies),
         "best_epoch": best_epoch,
         "test_accuracy_final": accuracies[-1],
@@ -451,29 +459,44 @@ def _prepare_run_dir(settings: TrainSettings, ctx: distributed.Context) -> Path:
     return run_dir
 
 
-def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str:
-    (run_dir / "summary.json").write_text(jsonio.dumps(summary, indent=2))
-    figures.confusion_matrix(
-        summary["confusion"], labels.CLASS_NAMES, run_dir / "confusion_matrix.png",
-        f"{settings.dataset}, {settings.preset}/{settings.model.variant}: final epoch",
-    )
+def _last_epochs(count: int) -> str:
+    return "the last epoch" if count == 1 else f"the last {count} epochs"
+
+
+def summary_text(summary: dict, settings: TrainSettings, run_dir: Path, markdown: bool) -> str:
+    """The run's summary as summary.md has it (`markdown`), or as plain text for the terminal:
+    the same lines, without the emphasis, and the confusion matrix's path instead of the image."""
+    strong = (lambda text: f"**{text}**") if markdown else str
+    averaged = summary["epochs_averaged"]
     lines = [
-        f"# LNLAttenNet on {settings.dataset}",
+        ("# " if markdown else "") + f"LNLAttenNet on {settings.dataset}",
         "",
         f"- preset {settings.preset}, variant {settings.model.variant}, backend {summary['backend']}, "
         f"precision {summary['precision']}, {summary['epochs']} epochs",
-        f"- test accuracy, mean of the last {LAST_EPOCHS_AVERAGED} epochs: **{summary['test_accuracy_last10_mean']:.4f}**"
-        + (f" ± {summary['test_accuracy_last10_std']:.4f} over {summary['folds']} folds" if "folds" in summary else ""),
+        f"- test accuracy, mean of {_last_epochs(averaged)}: "
+        + strong(f"{summary['test_accuracy_last10_mean']:.4f}")
+        + (f" ± {summary['test_accuracy_last10_std']:.4f} over {summary['folds']} folds"
+           if "folds" in summary else ""),
         f"- best test accuracy {summary['test_accuracy_best']:.4f} (epoch {summary['best_epoch']})",
         f"- mean class accuracy (final epoch) {summary['mean_class_accuracy']:.4f}",
         f"- training throughput {summary['images_per_second']:.0f} images/s",
     ]
     if "localization" in summary:
-        lines += localization.summary_lines(summary["localization"])
-    lines += ["", "![confusion matrix](confusion_matrix.png)"]
-    text = "\n".join(lines) + "\n"
-    (run_dir / "summary.md").write_text(text)
-    return text
+        lines += localization.summary_lines(summary["localization"], strong)
+    lines += ["", "![confusion matrix](confusion_matrix.png)" if markdown
+              else f"confusion matrix: {run_dir / 'confusion_matrix.png'}"]
+    return "\n".join(lines) + "\n"
+
+
+def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str:
+    """summary.json, confusion_matrix.png and summary.md; returns the summary for the terminal."""
+    (run_dir / "summary.json").write_text(jsonio.dumps(summary, indent=2))
+    figures.confusion_matrix(
+        summary["confusion"], labels.CLASS_NAMES, run_dir / "confusion_matrix.png",
+        f"{settings.dataset}, {settings.preset}/{settings.model.variant}: final epoch",
+    )
+    (run_dir / "summary.md").write_text(summary_text(summary, settings, run_dir, markdown=True))
+    return summary_text(summary, settings, run_dir, markdown=False)
 
 
 def train(settings: TrainSettings) -> dict:
@@ -525,23 +548,21 @@ def _train_locked(settings: TrainSettings, ctx: distributed.Context, stop: StopS
             print(f"moved the earlier run in {settings.out} aside to {moved} (nothing was deleted)", flush=True)
         settings = dataclasses.replace(settings, restart=False, resume=False)  # also what config.json records
     run_dir = _prepare_run_dir(settings, ctx)
-    splits = load_data(settings, settings.model.image_size)
-    skipped = {item["path"]: item["reason"] for pair in splits for images in pair for item in images.skipped}
-    if ctx.is_main and skipped:
-        (run_dir / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in sorted(skipped.items())))
-    val_set = None
+    cache_progress = CacheProgress(settings.progress, enabled=ctx.is_main)
+    runs_splits = load_run_splits(settings, settings.model.image_size, cache_progress)
+    skipped = {item["path"]: item["reason"] for run in runs_splits for images in run.named().values()
+               for item in images.skipped}
+    if ctx.is_main:
+        print(dataset_summary(settings, runs_splits, run_dir / "skipped.txt"), flush=True)
+        if skipped:
+            (run_dir / "skipped.txt").write_text(
+                "".join(f"{path}\t{reason}\n" for path, reason in sorted(skipped.items())))
     summaries = []
-    for fold, (train_set, test_set) in enumerate(splits):
-        _check_not_empty(settings, fold if len(splits) > 1 else None, train=train_set, test=test_set)
-        fold_dir = run_dir / f"fold{fold}" if len(splits) > 1 else run_dir
+    for run in runs_splits:
+        fold_dir = run_dir / f"fold{run.fold}" if run.fold is not None else run_dir
         if ctx.is_main:
             fold_dir.mkdir(parents=True, exist_ok=True)
-        if settings.val_fraction:
-            keep, held = stratified_holdout(train_set.labels, settings.val_fraction, settings.seed)
-            train_set, val_set = train_set.subset(keep), train_set.subset(held)
-            _check_not_empty(settings, fold if len(splits) > 1 else None, train=train_set, validation=val_set)
-        summaries.append(fit(settings, train_set, test_set, fold_dir, ctx, val_set, fold if len(splits) > 1 else None,
-                             stop))
+        summaries.append(fit(settings, run.train, run.test, fold_dir, ctx, run.validation, run.fold, stop))
     summary = summaries[0] if len(summaries) == 1 else _merge_folds(summaries)
     if ctx.is_main:
         print(_write_summary(run_dir, summary, settings))
@@ -556,15 +577,6 @@ def _train_locked(settings: TrainSettings, ctx: distributed.Context, stop: StopS
     return summary
 
 
-
-
-def _check_not_empty(settings: TrainSettings, fold: int | None, **splits: ImageSet) -> None:
-    """An empty split would train on nothing or report NaN accuracy: refuse it by name."""
-    for name, images in splits.items():
-        if len(images) == 0:
-            where = f" of fold {fold}" if fold is not None else ""
-            cause = "val_fraction" if name == "validation" else ("dataset" if settings.data_root is None else "data_root")
-            raise ParameterError(cause, f"gives an empty {name} split{where} ({settings.dataset!r})")
 
 
 def _merge_folds(summaries: list[dict]) -> dict:
