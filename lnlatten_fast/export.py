@@ -24,7 +24,8 @@ from .training.inference import RUN_CHECKPOINTS
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lnlatten_fast.export", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT",
                    help="a run directory written by lnlatten_fast.train (its best.pt, or --which), or a best.pt "
                         "or last.pt")

@@ -62,7 +62,8 @@ def nonlocal_weight_scale(num_patches: int, weights=()) -> ColourScale:
     """The scale of a w_g figure drawing `weights` (any shape): 0 to the largest of them, at
     least 2/M, with the uniform weight 1/M marked. Nothing drawn is ever above the scale."""
     uniform = 1.0 / num_patches
-    largest = float(np.max(weights)) if np.size(weights) else 0.0
+    weights = np.asarray(weights, dtype=np.float64)
+    largest = float(weights.max()) if weights.size else 0.0
     return ColourScale(WEIGHT_COLORMAP, 0.0, max(2.0 * uniform, largest), "w_g",
                        ((uniform, f"uniform 1/{num_patches}"),))
 

@@ -20,7 +20,7 @@ from .datasets import affectnet, ckplus, fer2013, ferplus, rafdb, sfew, syntheti
 from .images import ImageDecodeError
 from .labels import CLASS_SYNONYMS, NUM_CLASSES
 
-__all__ = ["load_split", "LABEL_MAPS"]
+__all__ = ["list_dataset", "load_split", "LABEL_MAPS"]
 
 #: What `labels.parse_class_name` reads: a class name or synonym, or a canonical index.
 _NAMES_OR_INDICES = {**CLASS_SYNONYMS, **{str(label): label for label in range(NUM_CLASSES)}}
@@ -38,6 +38,18 @@ LABEL_MAPS: dict[str, dict] = {
     "folder": _NAMES_OR_INDICES,
     "manifest": _NAMES_OR_INDICES,
 }
+
+
+def list_dataset(dataset: str, data_root: str | Path | None, split: str = "all"):
+    """The samples of `split` of the on-disk `dataset` under `data_root`, read from its layout
+    (no image decoded): ParameterError / MissingPathError("data_root") when the root is not
+    given or missing, the reader's error when it lacks the dataset's layout."""
+    if data_root is None:
+        raise ParameterError("data_root", f"is required for dataset {dataset!r}")
+    root = Path(data_root).expanduser()
+    if not root.exists():
+        raise MissingPathError("data_root", f"{root} does not exist")
+    return read_dataset(dataset, root, split)
 
 
 def load_split(
@@ -73,15 +85,10 @@ def load_split(
         draw = lambda: _draw_synthetic(split, image_size, seed, synthetic_size, synthetic_occlusion,  # noqa: E731
                                        progress, what)
         return cached_arrays(cache_dir, f"synthetic-{split}", image_size, key, draw)
-    if data_root is None:
-        raise ParameterError("data_root", f"is required for dataset {dataset!r}")
-    root = Path(data_root).expanduser()
-    if not root.exists():
-        raise MissingPathError("data_root", f"{root} does not exist")
-    samples = read_dataset(dataset, root, split)
+    samples = list_dataset(dataset, data_root, split)
     if strict and samples.skipped:
         raise ImageDecodeError(samples.skipped[0]["path"], samples.skipped[0]["reason"])
-    root_tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    root_tag = hashlib.sha256(str(Path(data_root).expanduser().resolve()).encode()).hexdigest()[:8]
     name = f"{dataset}-{split}-{root_tag}"
     images = build_image_cache(samples, image_size, name, cache_dir, workers, strict=strict, progress=progress,
                                what=what)

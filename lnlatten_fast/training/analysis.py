@@ -2,17 +2,17 @@
 
 From the run directory alone: its checkpoint (the model, its settings), metrics.jsonl (the
 final confusion matrix) and attention_trace.npz (w_g while training). The test images are
-rebuilt as `evaluate` rebuilds them. The confusion matrix is the run's own file, the one
-`train` writes when the run finishes; figures go to RUN_DIR/figures/:
+rebuilt as `evaluate` rebuilds them. Figures go to RUN_DIR/figures/:
 
-    ../confusion_matrix.png           figs. 8-9: final-epoch confusion matrix, class names (drawn
-                                      here only where the run holds none: a K-fold run's fold, a
-                                      run stopped before its end)
     nonlocal_weights.png              fig. 10: probe faces and their w_g
     nonlocal_weights_snapshots.png    fig. 11: w_g at moments of training
     nonlocal_weights_curves.png       fig. 12: w_g of every region against the step
     local_weights_occlusion_<i>.png   fig. 13: w_l with each patch occluded in turn
     nonlocal_weights_by_alpha.png     fig. 14: w_g's spread across α (given runs with other α)
+
+Figs. 8-9, the final-epoch confusion matrix with class names, are the run's one
+RUN_DIR/confusion_matrix.png, which `train` writes when the run finishes; it is drawn there from
+the last finished epoch only where the run holds none (a K-fold run's fold, a stopped run).
 
 Fig. 14 compares runs that differ only in α: an `alpha_runs` run whose settings differ from
 the main run's in anything outside ALPHA_RUNS_MAY_DIFFER is refused, naming the fields.

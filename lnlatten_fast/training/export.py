@@ -128,8 +128,9 @@ def _for_export(model: LNLAttenNet, backend: str) -> ExportedOutputs:
 
 @contextlib.contextmanager
 def _quiet_exporters():
-    """Without the exporters' notes about themselves: torch.onnx logs what it skips
-    (torchvision's ops) and prints its steps, and pytree warns about its own deprecations."""
+    """Without the exporters' notes about themselves, which a user can do nothing about:
+    torch.onnx logs the torchvision ops it skips, and torch's pytree warns (FutureWarning)
+    about its own internal deprecations."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -196,7 +197,8 @@ def export_onnx(model: LNLAttenNet, out, class_names=None) -> Path:
     # once the batch axis is dynamic ("input size not accessible"). This one works offline
     # from the program torch.export traces, with onnxscript's op library.
     with _quiet_exporters():
-        program = torch.export.export(_for_export(model, "reference"), (_example_input(model, 2),), dynamic_shapes=_batch_axis())
+        program = torch.export.export(_for_export(model, "reference"), (_example_input(model, 2),),
+                                      dynamic_shapes=_batch_axis())
         # Rewritten only where present: the pass retraces the whole program.
         if any(node.target is _ADAPTIVE_MAX_POOL for node in program.graph.nodes):
             program = program.run_decompositions({_ADAPTIVE_MAX_POOL: _adaptive_max_pool2d})

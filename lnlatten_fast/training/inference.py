@@ -28,7 +28,7 @@ from .distributed import pick_device
 from .precision import autocast
 
 __all__ = ["checkpoint_file", "class_names", "load_model", "image_paths", "load_images", "predict", "Predictions",
-           "predict_files"]
+           "predict_files", "ranked_classes"]
 
 #: What `which` may name in a run directory: its best epoch's checkpoint or its last one.
 RUN_CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}
@@ -161,12 +161,16 @@ def predict_files(paths, checkpoint_path, device: str = "auto", top: int = 3) ->
     images = load_images(files, model.config.image_size)
     names = payload["class_names"]
     probs, nonlocal_weights, local_weights = predict(model, images, chosen)
+    ranked = ranked_classes(probs, names, top, checkpoint_path)
+    return Predictions(files, images, ranked, nonlocal_weights, local_weights, model.geometry)
+
+
+def ranked_classes(probs: torch.Tensor, names: list[str], top: int, checkpoint_path) -> list[list[tuple[str, float]]]:
+    """The `top` most probable of `names` for each row of `probs` (N, C), most probable first;
+    ValueError naming `checkpoint_path` when its model gave NaN/inf probabilities."""
     if not bool(probs.isfinite().all()):
         raise ValueError(f"checkpoint {checkpoint_path} gives NaN/inf probabilities: its weights are broken "
                          "(a diverged run?)")
     best = probs.topk(min(top, len(names)), dim=1)
-    ranked = [
-        [(names[c], p) for p, c in zip(values, indices)]
-        for values, indices in zip(best.values.tolist(), best.indices.tolist())
-    ]
-    return Predictions(files, images, ranked, nonlocal_weights, local_weights, model.geometry)
+    return [[(names[c], p) for p, c in zip(values, indices)]
+            for values, indices in zip(best.values.tolist(), best.indices.tolist())]

@@ -21,9 +21,9 @@ from ..data.faces import FACE_MARGIN, crop_face, detect_faces, face_crop_box, fa
 from ..data.images import load_image
 from ..geometry import PatchGeometry
 from .distributed import pick_device
-from .inference import checkpoint_file, image_paths, load_model, predict
+from .inference import checkpoint_file, image_paths, load_model, predict, ranked_classes
 
-__all__ = ["Face", "Photo", "PhotoPredictions", "predict_photos", "ranked_classes"]
+__all__ = ["Face", "Photo", "PhotoPredictions", "predict_photos"]
 
 
 @dataclass
@@ -53,13 +53,6 @@ class PhotoPredictions:
     geometry: PatchGeometry  # where each of the M regions lies in a face crop
 
 
-def ranked_classes(probs: torch.Tensor, names: list[str], top: int) -> list[list[tuple[str, float]]]:
-    """The `top` most probable of `names` for each row of `probs` (N, C), most probable first."""
-    best = probs.topk(min(top, len(names)), dim=1)
-    return [[(names[c], p) for p, c in zip(values, indices)]
-            for values, indices in zip(best.values.tolist(), best.indices.tolist())]
-
-
 def predict_photos(paths, checkpoint_path, device: str = "auto", top: int = 3, which: str = "best",
                    margin: float = FACE_MARGIN) -> PhotoPredictions:
     """The `top` most probable expressions of every face in each image file (`paths` may name
@@ -79,10 +72,7 @@ def predict_photos(paths, checkpoint_path, device: str = "auto", top: int = 3, w
         if boxes:
             crops = np.stack([crop_face(image, box, size, margin) for box in boxes])
             probs, nonlocal_weights, local_weights = predict(model, crops, chosen)
-            if not bool(probs.isfinite().all()):
-                raise ValueError(f"checkpoint {path} gives NaN/inf probabilities: its weights are broken "
-                                 "(a diverged run?)")
             faces = [Face(box, face_crop_box(box, margin), crop, ranked, w_g, w_l) for box, crop, ranked, w_g, w_l
-                     in zip(boxes, crops, ranked_classes(probs, names, top), nonlocal_weights, local_weights)]
+                     in zip(boxes, crops, ranked_classes(probs, names, top, path), nonlocal_weights, local_weights)]
         photos.append(Photo(file, image, faces))
     return PhotoPredictions(photos, model.geometry)

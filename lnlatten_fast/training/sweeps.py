@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from ..config import LNLConfig
-from ..data.datasets import SYNTHETIC, read_dataset
-from ..errors import MissingPathError, ParameterError
+from ..data.datasets import SYNTHETIC
+from ..data.sources import list_dataset
 from ..model import LNLAttenNet, count_parameters
 from . import metrics
 from .settings import TrainSettings
@@ -113,14 +113,8 @@ def parameter_count(config: LNLConfig) -> int:
 def check_dataset(settings: TrainSettings) -> None:
     """List the dataset on disk that every run of `settings` will read, once: a missing
     `data_root`, or one without the dataset's layout, is refused before any run starts."""
-    if settings.dataset == SYNTHETIC:
-        return
-    if settings.data_root is None:
-        raise ParameterError("data_root", f"is required for dataset {settings.dataset!r}")
-    root = Path(settings.data_root).expanduser()
-    if not root.exists():
-        raise MissingPathError("data_root", f"{root} does not exist")
-    read_dataset(settings.dataset, root, "all")
+    if settings.dataset != SYNTHETIC:
+        list_dataset(settings.dataset, settings.data_root)
 
 
 def collect(out: Path, sweep: str, seeds: list[int], parameters: dict[str, int]) -> list[dict]:
