@@ -34,6 +34,7 @@ NOISY_ABOVE = 0.10
 # this many).
 MIN_ROUNDS = 5
 REFERENCE = "reference"
+UNDER_READ = "peak under-read"
 
 
 @dataclass
@@ -109,7 +110,7 @@ def of_peak(info: dict, peak: float | None) -> str:
         fraction = info["of_peak"]
     else:
         return "-"
-    return "peak under-read" if fraction > 1 else f"{100 * fraction:.0f}%"
+    return UNDER_READ if fraction > 1 else f"{100 * fraction:.0f}%"
 
 
 def render(runs: list[Run], noisy_above: float = NOISY_ABOVE) -> str:
@@ -122,10 +123,10 @@ def render(runs: list[Run], noisy_above: float = NOISY_ABOVE) -> str:
     for run in runs:
         for bench in run.benchmarks:
             groups[bench.get("group") or bench["name"]].append((run, bench))
-    flagged = 0
+    flagged, under_read = 0, False
     for group, rows in groups.items():
         references = {run.number: bench for run, bench in rows if _label(bench) == REFERENCE}
-        doubts = {id(bench): spread(bench["stats"], noisy_above)[1] for _, bench in rows}
+        spreads = {id(bench): spread(bench["stats"], noisy_above) for _, bench in rows}
         header = "| backend | median ms | images/s | GFLOP/s | % of peak | vs reference | IQR / median |"
         rule = "|---|---:|---:|---:|---:|---:|---:|"
         if several:
@@ -138,7 +139,7 @@ def render(runs: list[Run], noisy_above: float = NOISY_ABOVE) -> str:
             reference = references.get(run.number)
             if reference is not None:
                 ratio = f"{reference['stats']['median'] / median:.2f}x"
-                doubt = sorted({doubts[id(bench)], doubts[id(reference)]} - {None})
+                doubt = sorted({spreads[id(bench)][1], spreads[id(reference)][1]} - {None})
                 if doubt:
                     ratio += f" ({', '.join(doubt)})"
             elif references:
@@ -148,9 +149,11 @@ def render(runs: list[Run], noisy_above: float = NOISY_ABOVE) -> str:
                 ratio = "-"
             images = f"{info['images_per_s']:.1f}" if "images_per_s" in info else "-"
             gflops = f"{info['gflop_per_s']:.0f}" if "gflop_per_s" in info else "-"
-            spread_text, doubt = spread(bench["stats"], noisy_above)
+            spread_text, doubt = spreads[id(bench)]
             flagged += doubt is not None
-            row = (f"| {_label(bench)} | {_milliseconds(median)} | {images} | {gflops} | {of_peak(info, run.peak)} | "
+            percent = of_peak(info, run.peak)
+            under_read |= percent == UNDER_READ
+            row = (f"| {_label(bench)} | {_milliseconds(median)} | {images} | {gflops} | {percent} | "
                    f"{ratio} | {spread_text} |")
             lines.append(row + (f" {run.number} |" if several else ""))
         if other_runs:
@@ -160,6 +163,9 @@ def render(runs: list[Run], noisy_above: float = NOISY_ABOVE) -> str:
     total = sum(len(run.benchmarks) for run in runs)
     lines += ["", f"{flagged} of {total} rows flagged (IQR / median above {100 * noisy_above:.0f}%, or fewer than "
                   f"{MIN_ROUNDS} rounds): their medians, and the ratios they take part in, are not claims."]
+    if under_read:
+        lines.append(f"{UNDER_READ}: the row ran faster than the best matmul read in its run, so that reading is "
+                     "too low to be its 100%.")
     return "\n".join(lines) + "\n"
 
 
@@ -187,6 +193,8 @@ def main(argv=None) -> int:
     parser.add_argument("--noisy-above", type=float, default=NOISY_ABOVE,
                         help=f"flag rows whose IQR / median exceeds this (default {NOISY_ABOVE})")
     args = parser.parse_args(argv)
+    if not args.noisy_above > 0:
+        parser.error(f"--noisy-above: expected a fraction above 0, got {args.noisy_above}")
     try:
         runs = load(args.results)
     except ValueError as error:

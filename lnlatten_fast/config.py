@@ -22,7 +22,7 @@ from .errors import ParameterError
 from .geometry import PatchGeometry
 
 __all__ = ["LNLConfig", "Preset", "PRESETS", "VARIANTS", "BACKENDS", "INITS", "MIN_WINDOW", "flag_help",
-           "local_feature_side", "local_attention_padding"]
+           "local_feature_side", "local_attention_padding", "UNET", "FAMILIES", "check_backbone_spec", "parse_levels"]
 
 # Table IV: LNLAttenNet, Model-Local, Model-NonLocal, Model-S.
 VARIANTS = ("full", "local", "nonlocal", "simple")
@@ -31,6 +31,10 @@ INITS = ("xavier", "kaiming")
 # U-Net downsamples four times (2x2 max-pool), so the input must divide by 2**4.
 UNET_DOWNSAMPLING = 16
 MIN_WINDOW = 8  # SimpleNet pools its windows 2x2 three times
+#: The paper's backbone; the other specs name a family and what to build (lnlatten_fast.backbones).
+UNET = "unet"
+#: Backbone spec prefixes: the user's own module, and the two libraries (each its extra of that name).
+FAMILIES = ("module", "timm", "torchvision")
 
 
 def local_feature_side(patch: int, local_feature_size: int | None) -> int:
@@ -44,6 +48,33 @@ def local_attention_padding(side: int) -> int:
     from 5 x 5 up, else 1, so a natural-size f_i smaller than that (M = 36 at 144 px, small
     images; the paper is silent there) keeps its side instead of vanishing."""
     return 0 if side >= 5 else 1
+
+
+def check_backbone_spec(spec: str) -> tuple[str, str]:
+    """(family, rest) of a backbone spec ("unet", "module:pkg.mod:fn", "timm:resnet18" ...);
+    ParameterError("backbone") for a malformed one."""
+    if not isinstance(spec, str) or not spec:
+        raise ParameterError("backbone", f"must be a non-empty string, got {spec!r}")
+    if spec == UNET:
+        return UNET, ""
+    family, _, rest = spec.partition(":")
+    if family not in FAMILIES or not rest:
+        raise ParameterError("backbone", f"must be unet, module:<importable.module>:<callable>, timm:<name> or "
+                             f"torchvision:<name>, got {spec!r}")
+    if family == "module" and (rest.count(":") != 1 or not all(rest.split(":"))):
+        raise ParameterError("backbone", f"must be module:<importable.module>:<callable>, got {spec!r}")
+    return family, rest
+
+
+def parse_levels(levels) -> tuple[str, str] | None:
+    """("high", "low") from "high,low" or a pair of names; None stays None (the family's default)."""
+    if levels is None:
+        return None
+    names = tuple(part.strip() for part in levels.split(",")) if isinstance(levels, str) else tuple(levels)
+    if len(names) != 2 or not all(isinstance(name, str) and name for name in names):
+        raise ParameterError("backbone_levels", f"must name two submodules, the high-resolution one first "
+                             f"('HIGH,LOW'), got {levels!r}")
+    return names
 
 
 def _flag(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -81,12 +112,24 @@ class LNLConfig:
     init: str = "xavier"  # paper: Xavier-uniform; "kaiming" (He-uniform) for the tiny preset
     l2_lambda: float = _flag(1e-4, "eq. 3's λ, the weight of Σ‖W‖² over conv and linear weights")
     backend: str = _flag("auto", "op implementation (see python -m lnlatten_fast.info)", choices=BACKENDS)
+    # The network under the head (lnlatten_fast.backbones). Stored as "HIGH,LOW" so that
+    # config.json and the flag read the same; a pair given here is joined to that form.
+    backbone: str = _flag(UNET, "the network under the LNL head: unet (the paper's), module:<importable.module>:"
+                          "<callable> (returns an nn.Module), timm:<name> or torchvision:<name> (the [timm] / "
+                          "[torchvision] extras; built untrained, nothing is downloaded)")
+    backbone_levels: str | None = _flag(None, "HIGH,LOW: the backbone's submodules whose outputs feed the windows "
+                                        "and the non-local branch; left out, the family's (ResNet layer1,layer4; "
+                                        "ConvNeXt stages.0,stages.3; ViT blocks.2,blocks.11)")
+    backbone_weights: str | None = _flag(None, "a local state_dict file loaded into the backbone when the model is "
+                                         "built (strict=False; missing and unexpected keys are reported)")
 
     def __post_init__(self):
         self.unet_widths = tuple(self.unet_widths)
         self.simplenet_widths = tuple(self.simplenet_widths)
         self.local_attention_widths = tuple(self.local_attention_widths)
         self.head_widths = tuple(self.head_widths)
+        if isinstance(self.backbone_levels, (tuple, list)):
+            self.backbone_levels = ",".join(parse_levels(self.backbone_levels))
         self.validate()
 
     @classmethod
@@ -176,6 +219,11 @@ class LNLConfig:
         one_of("variant", VARIANTS)
         one_of("init", INITS)
         one_of("backend", BACKENDS)
+        check_backbone_spec(self.backbone)
+        parse_levels(self.backbone_levels)
+        if self.backbone == UNET and (self.backbone_levels is not None or self.backbone_weights is not None):
+            raise ParameterError("backbone_levels" if self.backbone_levels is not None else "backbone_weights",
+                                 "needs a `backbone` other than unet (the U-Net's levels are F9 and F5)")
         if not 0.0 <= float(self.alpha) <= 1.0:
             raise ParameterError("alpha", f"must lie in [0, 1] (eq. 1), got {self.alpha}")
         if not 0.0 <= float(self.dropout) < 1.0:

@@ -118,8 +118,8 @@ def confusion_matrix(confusion, class_names, path, title: str) -> Path:
                     color=scale.text_colour(rates[i, j]))
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true (each row: share of that class, count)")
+    ax.set_xlabel("predicted class (each cell: share of its row, count)")
+    ax.set_ylabel("true class")
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
@@ -205,9 +205,10 @@ def nonlocal_weight_snapshots(images: np.ndarray, steps: np.ndarray, w_g: np.nda
     chosen = np.unique(np.linspace(0, len(steps) - 1, snapshots + 1).round().astype(int))
     probes = len(images)
     scale = nonlocal_weight_scale(geom.num_patches, w_g[chosen][:, :probes])
-    cell = min(0.85, (PAGE_WIDTH - 2.4) / (len(chosen) + 1))
-    left, top = 1.05, 0.75
-    fig, axes, right = _panel_grid(probes, len(chosen) + 1, cell, left=left, top=top, column_gaps={0: 0.16})
+    left, top, gap = 1.05, 0.75, 0.06
+    columns = len(chosen) + 1
+    cell = min(0.85, (PAGE_WIDTH - left - 1.3 - columns * gap) / columns)  # 1.3: the colour bar and its ticks
+    fig, axes, right = _panel_grid(probes, columns, cell, left=left, top=top, gap=gap, column_gaps={0: 0.16})
     shown = None
     for p in range(probes):
         axes[p, 0].imshow(images[p])
@@ -234,12 +235,14 @@ def local_weight_occlusion(image: np.ndarray, occluded: np.ndarray, w_l: np.ndar
 
     m = geom.num_patches
     panels = m + 3  # the face, one greyed copy, the clean w_l, then M occluded w_l
-    columns = min(panels, 6)
-    rows = -(-panels // columns)
+    rows = -(-panels // 6)
+    columns = -(-panels // rows)  # rows as evenly filled as 6 columns at most allow
     scale = local_weight_scale()
-    top = 0.6
-    cell = min(1.25, (PAGE_WIDTH - 1.2) / columns)
-    fig, axes, right = _panel_grid(rows, columns, cell, left=0.05, top=top, gap=0.3)
+    top, gap = 0.6, 0.08
+    cell = min(1.25, (PAGE_WIDTH - 1.0 - (columns - 1) * gap) / columns)
+    # The gaps between rows hold the panels' titles.
+    fig, axes, right = _panel_grid(rows, columns, cell, left=0.05, top=top, gap=gap,
+                                   row_gaps={r: 0.3 for r in range(rows)})
     for ax in axes.flat:
         ax.axis("off")
     flat = axes.flat

@@ -6,7 +6,9 @@
     f_en = Σ_i w_g[i]·w_l[i]·f_i (eq. 2);  logits = FC(FC(FC([g*, f_en])))
 
 The network is the U-Net backbone (`unet`) and the drop-in :class:`~lnlatten_fast.nn.LNLHead`
-(`head`) on its F9 and F5. Per-patch networks keep their weights stacked on a leading patch
+(`head`) on its F9 and F5. With `config.backbone` other than "unet", `backbone` (a
+:class:`~lnlatten_fast.backbones.BackboneFeatures`) replaces the U-Net and the head takes its
+two levels instead. Per-patch networks keep their weights stacked on a leading patch
 axis (M, ...), so the whole ensemble runs as grouped ops and one state_dict serves every backend.
 """
 
@@ -19,7 +21,9 @@ import warnings
 import torch
 import torch.nn as nn
 
-from .config import LNLConfig
+from .backbones import BackboneFeatures, build_backbone, smallest_high_size
+from .backbones import load_backbone_weights as _load_backbone_weights
+from .config import UNET, LNLConfig
 from .nn import LNLHead, LNLOutput, double_conv, initialize, regularized_weights
 
 __all__ = ["LNLAttenNet", "LNLOutput", "UNet", "migrate_state_dict", "count_parameters", "l2_penalty", "lnl_loss"]
@@ -104,9 +108,17 @@ def _migrate_on_load(module, state_dict, prefix, *args) -> None:
 
 # ---- the network ----------------------------------------------------------------------------------
 class LNLAttenNet(nn.Module):
-    """The U-Net backbone and the LNL head on its F9 (high resolution) and F5 (low resolution)."""
+    """The U-Net backbone and the LNL head on its F9 (high resolution) and F5 (low resolution);
+    or, with `config.backbone`, that backbone's two levels (lnlatten_fast.backbones).
 
-    def __init__(self, config: LNLConfig | None = None):
+    A backbone other than the U-Net keeps its own initialisation (only the head gets
+    `config.init`) and, when `load_backbone_weights`, the weights of `config.backbone_weights`
+    (the one-line report goes to stdout; built on the meta device, nothing is loaded). Pass False
+    when a checkpoint's weights replace them anyway, so the file need not exist where the
+    checkpoint is used.
+    """
+
+    def __init__(self, config: LNLConfig | None = None, *, load_backbone_weights: bool = True):
         super().__init__()
         config = LNLConfig() if config is None else config
         if not isinstance(config, LNLConfig):
@@ -114,11 +126,23 @@ class LNLAttenNet(nn.Module):
         config.validate()
         self.config = config
         self.backend = config.backend
-        self.unet = UNet(config.in_channels, config.unet_widths)
-        self.head = LNLHead(config.unet_widths[0], config.unet_widths[-1], config.image_size, config,
-                            initialize_parameters=False)
-        self.geometry = self.head.geometry
-        self.reset_parameters()
+        if config.backbone == UNET:
+            self.unet = UNet(config.in_channels, config.unet_widths)
+            self.head = LNLHead(config.unet_widths[0], config.unet_widths[-1], config.image_size, config,
+                                initialize_parameters=False)
+            self.geometry = self.head.geometry
+            self.reset_parameters()
+        else:
+            self.backbone = BackboneFeatures(build_backbone(config.backbone), config.backbone_levels,
+                                             config.image_size, config.in_channels,
+                                             smallest_high_size(config.num_patches, config.overlap))
+            self.head = LNLHead(self.backbone.high_channels, self.backbone.low_channels, self.backbone.high_size,
+                                config)
+            # Where the windows lie on the image (the head's lie on the high map): what the figures draw.
+            self.geometry = config.geometry
+            on_meta = any(p.is_meta for p in self.backbone.body.parameters())  # counted, not allocated
+            if config.backbone_weights is not None and load_backbone_weights and not on_meta:
+                print(_load_backbone_weights(self.backbone.body, config.backbone_weights), flush=True)
         self.register_load_state_dict_pre_hook(_migrate_on_load)
 
     @property
@@ -128,8 +152,8 @@ class LNLAttenNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """Xavier-uniform (or He-uniform, `config.init`) weights, each patch's slice on its own
-        fans; zero biases."""
-        initialize(self, self.config.init)
+        fans; zero biases (the head's only, on a backbone other than the U-Net)."""
+        initialize(self if self.config.backbone == UNET else self.head, self.config.init)
 
     def set_backend(self, backend: str) -> "LNLAttenNet":
         """Run on `backend` from now on; `config.backend` says so too (a new config object, so the
@@ -159,10 +183,13 @@ class LNLAttenNet(nn.Module):
                 f"x must be (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) for this "
                 f"config, got {tuple(x.shape)}"
             )
-        f5, f9 = self.unet(x)
-        out = self.head(f9, f5, return_features)
+        if cfg.backbone == UNET:
+            low, high = self.unet(x)  # F5, F9
+        else:
+            high, low = self.backbone(x)
+        out = self.head(high, low, return_features)
         if return_features:
-            out = out._replace(features=dict(f5=f5, f9=f9, **out.features))
+            out = out._replace(features=dict(f5=low, f9=high, **out.features))
         return out
 
 

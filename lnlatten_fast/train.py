@@ -19,6 +19,7 @@ from .data.datasets.synthetic import SPLIT_SIZES
 from .training.precision import PRECISIONS
 from .training.progress import LINE_INTERVAL_SECONDS, PROGRESS_MODES
 from .training.settings import L2_MODES, TrainSettings
+from .training.recipes import BALANCED_SAMPLING, SCHEDULES
 from .training.run_dir import resumed_settings
 from .training.trainer import TrainingInterrupted, train
 
@@ -105,7 +106,48 @@ def build_parser() -> argparse.ArgumentParser:
                           f"line every {LINE_INTERVAL_SECONDS:.0f} s with step, loss, img/s and ETA (for a log "
                           "file); none; auto: bar on a terminal, lines otherwise. Each epoch's line goes to "
                           "stdout in every mode")
+    _add_recipe_flags(p, d)
+    _add_backbone_flags(p, d)
     return p
+
+
+def _add_recipe_flags(p: argparse.ArgumentParser, d: TrainSettings) -> None:
+    recipes = p.add_argument_group(
+        "recipes", "common FER training recipes; each is off by default, which is the paper's protocol, "
+                   "and none may change on --resume")
+    recipes.add_argument("--balanced-sampling", choices=BALANCED_SAMPLING, default=d.balanced_sampling,
+                         help="class-balanced sampling: each epoch draws as many images as the training set holds, "
+                              "with replacement, weighted 1/n_c (inverse: every class equally often) or "
+                              "1/sqrt(n_c) (sqrt); under torchrun too")
+    recipes.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="EPS",
+                         help="cross-entropy's label smoothing (default 0: none)")
+    recipes.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                         help="keep an exponential moving average of the weights (and float buffers), updated "
+                              "after every step; evaluation, best.pt and the localization figures use it, last.pt "
+                              "holds both (default 0: none; typical 0.999)")
+    recipes.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                         help="paper: lr x0.95 every epoch; cosine: per epoch, a linear warm-up over "
+                              "--warmup-epochs, then half a cosine from lr to 0 over the remaining epochs")
+    recipes.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, metavar="W",
+                         help="with --schedule cosine: epoch e < W trains at lr·(e+1)/W")
+    recipes.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm, metavar="MAX",
+                         help="scale the gradients to a global L2 norm of at most MAX before each update (default 0: none)")
+    recipes.add_argument("--mixup", type=float, default=d.mixup, metavar="ALPHA",
+                         help="mixup with λ ~ Beta(ALPHA, ALPHA) per batch; the loss is the λ-weighted combination "
+                              "of the two labels' cross-entropies (default 0: none)")
+    recipes.add_argument("--cutmix", type=float, default=d.cutmix, metavar="ALPHA",
+                         help="cutmix with λ ~ Beta(ALPHA, ALPHA) per batch, λ then the uncovered fraction "
+                              "(default 0: none; not with --mixup)")
+
+
+def _add_backbone_flags(p: argparse.ArgumentParser, d: TrainSettings) -> None:
+    backbone = p.add_argument_group(
+        "backbone training", "with a --backbone other than unet (--backbone, --backbone-levels and "
+                             "--backbone-weights are model flags, above)")
+    backbone.add_argument("--freeze-backbone-epochs", type=int, default=d.freeze_backbone_epochs, metavar="K",
+                          help="the first K epochs train the head alone, the backbone's weights as loaded")
+    backbone.add_argument("--backbone-lr-scale", type=float, default=d.backbone_lr_scale, metavar="S",
+                          help="the backbone's learning rate is the run's (scheduled) lr x S")
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:

@@ -85,6 +85,7 @@ def test_a_percentage_of_peak_above_100_is_refused(tmp_path):
     assert _cells(text, "auto")["% of peak"] == "peak under-read"
     assert _cells(text, "reference")["% of peak"] == "50%"
     assert "167%" not in text
+    assert "peak under-read: the row ran faster than the best matmul read in its run" in text
 
 
 @pytest.mark.parametrize("other", [dict(when="2026-12-06T11:30:00+00:00"), dict(node="another-box")],

@@ -84,7 +84,7 @@ def load_model(path, device: torch.device, backend: str | None = None) -> tuple[
     except RuntimeError as error:  # dispatch says "backend X cannot run on Y: <why>"
         raise ParameterError("backend", f"{config.backend!r} cannot run on {device}: "
                              f"{str(error).split(': ', 1)[-1]}") from None
-    model = LNLAttenNet(config)
+    model = LNLAttenNet(config, load_backbone_weights=False)  # the checkpoint holds the backbone's weights
     expected, found = model.state_dict(), payload["model"]
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:

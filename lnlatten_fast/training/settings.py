@@ -15,11 +15,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..config import PRESETS, LNLConfig
+from ..config import PRESETS, UNET, LNLConfig
 from ..data.labels import NUM_CLASSES
 from ..errors import ParameterError
 from .precision import check_precision
 from .progress import PROGRESS_MODES
+from .recipes import BALANCED_SAMPLING, SCHEDULES
 
 __all__ = ["TrainSettings", "L2_MODES"]
 
@@ -60,6 +61,18 @@ class TrainSettings:
     trace_every: int = 50  # record probes' w_g, w_l every this many steps (0: never); trace.py
     trace_images: int = 8  # probe test images in the trace
     progress: str = "auto"  # PROGRESS_MODES: a bar on a terminal, plain lines in a log (progress.py)
+    # ---- recipes (recipes.py), each off by default: the paper's protocol ----
+    balanced_sampling: str = "none"  # BALANCED_SAMPLING: class-balanced draws, weight 1/n_c or 1/sqrt(n_c)
+    label_smoothing: float = 0.0  # cross-entropy's label smoothing ε
+    ema: float = 0.0  # decay of the weights' EMA (evaluation and best.pt use it); 0: none
+    schedule: str = "paper"  # SCHEDULES: paper (x lr_decay per epoch) or cosine with linear warm-up
+    warmup_epochs: int = 0  # the cosine schedule's linear warm-up
+    clip_grad_norm: float = 0.0  # max global gradient norm before the optimizer step; 0: no clipping
+    mixup: float = 0.0  # α of mixup's Beta(α, α); 0: none
+    cutmix: float = 0.0  # α of cutmix's Beta(α, α); 0: none (exclusive with mixup)
+    # ---- a backbone other than the U-Net (model.backbone; lnlatten_fast.backbones) ----
+    freeze_backbone_epochs: int = 0  # the backbone's weights stay as loaded for this many epochs; the head trains
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate is the run's x this
 
     def validate(self) -> None:
         """Check every field, and fill in the preset's model, batch size and lr where None."""
@@ -107,6 +120,46 @@ class TrainSettings:
             raise ParameterError(
                 "val_fraction", f"must lie in [0, 1) (0: no validation set), got {self.val_fraction}"
             )
+        self._validate_recipes()
+        self._validate_backbone_training()
+
+    def _validate_recipes(self) -> None:
+        if self.balanced_sampling not in BALANCED_SAMPLING:
+            raise ParameterError("balanced_sampling",
+                                 f"must be one of {', '.join(BALANCED_SAMPLING)}, got {self.balanced_sampling!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ParameterError("label_smoothing", f"must lie in [0, 1) (0: none), got {self.label_smoothing}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ParameterError("ema", f"must be a decay in (0, 1), or 0 for no EMA, got {self.ema}")
+        if self.schedule not in SCHEDULES:
+            raise ParameterError("schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ParameterError("warmup_epochs", f"needs `schedule` cosine (the paper's schedule has no warm-up), "
+                                 f"got {self.schedule!r}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ParameterError("warmup_epochs",
+                                 f"must lie in [0, `epochs` = {self.epochs}), got {self.warmup_epochs}")
+        for name in ("clip_grad_norm", "mixup", "cutmix"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ParameterError(name, f"must be a positive number, or 0 for none, got {value}")
+        if self.mixup and self.cutmix:
+            raise ParameterError("cutmix", "cannot be combined with `mixup`: choose one")
+
+    def _validate_backbone_training(self) -> None:
+        if isinstance(self.freeze_backbone_epochs, bool) or not isinstance(self.freeze_backbone_epochs, int) \
+                or not 0 <= self.freeze_backbone_epochs < self.epochs:
+            raise ParameterError("freeze_backbone_epochs", f"must be an int in [0, `epochs` = {self.epochs}) "
+                                 f"(0: never frozen), got {self.freeze_backbone_epochs!r}")
+        if not (self.backbone_lr_scale > 0 and math.isfinite(self.backbone_lr_scale)):
+            raise ParameterError("backbone_lr_scale", f"must be a positive number, got {self.backbone_lr_scale}")
+        if self.model.backbone == UNET:
+            for name, off in (("freeze_backbone_epochs", 0), ("backbone_lr_scale", 1.0)):
+                if getattr(self, name) != off:
+                    raise ParameterError(name, "needs a `backbone` other than unet (the U-Net trains with the head)")
+        if self.freeze_backbone_epochs and self.cuda_graphs:
+            raise ParameterError("freeze_backbone_epochs", "cannot be combined with `cuda_graphs`: the graph "
+                                 "captured while the backbone is frozen would never update it")
 
     @property
     def num_folds(self) -> int:

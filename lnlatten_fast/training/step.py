@@ -28,6 +28,7 @@ import torch
 from ..model import lnl_loss
 from ..nn import regularized_weights
 from .precision import autocast, resolve_precision
+from .recipes import clip_gradients
 
 __all__ = ["build_optimizer", "TrainStep", "fused_adamw_available", "current_lr", "use_tensor_lr", "init_optimizer_state"]
 
@@ -128,12 +129,14 @@ class TrainStep:
     the forward (a DistributedDataParallel wrapper under torchrun; default `model`).
     `loss_l2`: λ of the L2 term added to the loss (0 with the decoupled weight decay).
     `loss_fn(logits, target, model, l2_lambda=...)`: eq. 3 (`lnl_loss`) unless given.
+    `clip_grad_norm`: > 0 scales the gradients to that global norm at most before the update.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, precision: str,
                  device: torch.device, loss_l2: float = 0.0, compile: bool = False, cuda_graphs: bool = False,
-                 forward_model: torch.nn.Module | None = None, loss_fn=lnl_loss):
+                 forward_model: torch.nn.Module | None = None, loss_fn=lnl_loss, clip_grad_norm: float = 0.0):
         self.model, self.optimizer = model, optimizer
+        self.clip_grad_norm = clip_grad_norm
         self.loss_fn = loss_fn
         self.device = torch.device(device)
         # Resolved once, here: resolving asks the device (torch.cuda.is_bf16_supported on CUDA),
@@ -175,6 +178,7 @@ class TrainStep:
         loss = self.loss_fn(logits.float(), y, self.model, l2_lambda=self.loss_l2)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._clip()
         self.optimizer.step()
         return loss.detach()
 
@@ -184,6 +188,7 @@ class TrainStep:
             logits = self.model(x).logits
         loss = self.loss_fn(logits.float(), y, self.model, l2_lambda=self.loss_l2)
         loss.backward()
+        self._clip()
         with torch.no_grad():
             _functional_adamw(self.optimizer)
         # Dead once the update has read them: cleared inside the graph, the gradients are no
@@ -192,6 +197,11 @@ class TrainStep:
         for p in self.model.parameters():
             p.grad = None
         return loss.detach()
+
+    def _clip(self) -> None:
+        if self.clip_grad_norm > 0:
+            with torch.no_grad():
+                clip_gradients(self.model.parameters(), self.clip_grad_norm)
 
     def _run_compiled(self, x, y):
         # Dynamo traces Tensor.backward only with this switch; it is read while tracing.

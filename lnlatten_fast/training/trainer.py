@@ -34,7 +34,7 @@ from ..data.pipeline import BatchLoader
 from ..errors import ParameterError, PathExistsError, TrainingDivergedError
 from ..model import LNLAttenNet, lnl_loss
 from ..ops.dispatch import resolve_name
-from . import checkpoint, distributed, localization, memory, metrics, run_dir as runs
+from . import checkpoint, distributed, localization, memory, metrics, recipes, run_dir as runs
 from .evaluation import evaluate
 from .loading import dataset_summary, load_run_splits, load_test_regions
 from .precision import autocast, resolve_precision
@@ -53,6 +53,14 @@ LAST_EPOCHS_AVERAGED = 10  # the paper reports the mean of the last 10 epochs
 # The loss is checked for NaN/inf every this many steps: each check waits for the device, and
 # a diverged step only has to be caught before anything is saved.
 DIVERGENCE_CHECK_EVERY = 10
+
+
+def train_sampler(settings: TrainSettings, labels: np.ndarray, ctx: distributed.Context):
+    """This rank's share of each epoch's training order (`set_epoch(e)`, then iterate): a
+    shuffle of every image once, or class-balanced draws (`balanced_sampling`)."""
+    if settings.balanced_sampling != "none":
+        return recipes.BalancedSampler(labels, settings.balanced_sampling, ctx.world_size, ctx.rank, settings.seed)
+    return DistributedSampler(range(len(labels)), ctx.world_size, ctx.rank, shuffle=True, seed=settings.seed)
 
 
 def _diverged(run_dir: Path, epoch: int, step: int, loss: float, lr: float, saved_epochs: int) -> TrainingDivergedError:
@@ -182,7 +190,11 @@ def fit(
     decay = 2 * cfg.l2_lambda if settings.l2_mode == "decoupled" else 0.0
     optimizer = build_optimizer(model, settings.lr, decay, tensor_lr=settings.compile)
     loss_l2 = cfg.l2_lambda if settings.l2_mode == "loss" else 0.0
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_decay)
+    scheduler = recipes.build_scheduler(optimizer, settings.schedule, lr_decay=settings.lr_decay,
+                                        epochs=settings.epochs, warmup_epochs=settings.warmup_epochs)
+    # Evaluation, best.pt and the localization figures use the EMA weights when there are any.
+    ema = recipes.WeightAverage(model, settings.ema) if settings.ema else None
+    eval_model = ema.module if ema is not None else model
     history: list[dict] = []
     partial = None  # where an epoch a stop signal interrupted stood
     last_path = run_dir / "last.pt"
@@ -192,6 +204,8 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         use_tensor_lr(optimizer, settings.compile)  # the saved run may have been compiled or not
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         history = list(state["history"])
         partial = state.get("partial")
         checkpoint.restore_rng_state(state["rng"])  # every device's: dropout on CUDA draws there
@@ -204,7 +218,10 @@ def fit(
               + ("" if history or partial else " (no epoch was saved: starting over)"), flush=True)
     precision = resolve_precision(settings.precision, ctx.device)
     crop = settings.crop_padding if settings.crop_padding is not None else cfg.image_size // 16
-    sampler = DistributedSampler(range(len(train_set)), ctx.world_size, ctx.rank, shuffle=True, seed=settings.seed)
+    sampler = train_sampler(settings, train_set.labels, ctx)
+    mixing = settings.mixup or settings.cutmix
+    mixer = recipes.BatchMixer(settings.mixup, settings.cutmix, cfg.num_classes, settings.seed) if mixing else None
+    loss_fn = recipes.recipe_loss(settings.label_smoothing) if settings.label_smoothing or mixing else lnl_loss
     forward_model = model
     if ctx.distributed:
         forward_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -213,7 +230,7 @@ def fit(
     train_step = TrainStep(model, optimizer, precision=precision, device=ctx.device, loss_l2=loss_l2,
                            compile=settings.compile and not ctx.distributed,
                            cuda_graphs=settings.cuda_graphs and not ctx.distributed, forward_model=forward_model,
-                           loss_fn=lnl_loss)
+                           loss_fn=loss_fn, clip_grad_norm=settings.clip_grad_norm)
 
     def epoch_loader(epoch: int, start: dict | None = None) -> BatchLoader:
         sampler.set_epoch(epoch)
@@ -237,7 +254,8 @@ def fit(
     with stop.deferred(), _cudnn_autotuning(settings, ctx.device), checkpoint.CheckpointWriter() as writer, \
             GpuMonitor(ctx.device) as monitor:  # NVML samples in a thread, on CUDA only
         if len(history) < settings.epochs and (ctx.device.type == "cuda" or settings.compile):
-            warmup_seconds = _warm_up(train_step, model, train_set, test_set, settings, precision, crop, ctx, trace)
+            warmup_seconds = _warm_up(train_step, model, train_set, test_set, settings, precision, crop, ctx, trace,
+                                      mixer)
             if ctx.is_main:
                 progress.write(f"warm-up (conv choices, kernel JIT, compile) {warmup_seconds:.1f} s, before epoch 1's clock")
         for epoch in range(len(history), settings.epochs):
@@ -251,7 +269,11 @@ def fit(
             lr = current_lr(optimizer)
             step = resumed["step"] if resumed else 0
             for step, (x, y) in enumerate(progress.epoch(loader, epoch, steps_done=step), start=step + 1):
+                if mixer is not None:
+                    x, y = mixer(x, y, epoch, step)
                 loss = train_step(x, y)  # no host sync: the loss stays on the device
+                if ema is not None:
+                    ema.update(model)
                 loss_sum[0] += loss.double() * len(y)
                 loss_sum[1] += len(y)
                 window.append(loss)
@@ -268,7 +290,7 @@ def fit(
             if stop.received and step < len(loader):
                 where = dict(epoch=epoch + 1, step=step, loader=loader.position(), loss_sum=loss_sum,
                              train_seconds=time.perf_counter() - start)
-                _save_partial(writer, model, optimizer, scheduler, history, where, settings, fold, run_dir)
+                _save_partial(writer, model, optimizer, scheduler, history, where, settings, fold, run_dir, ema)
                 trace.save()
                 raise stop.interrupted(f"saved {last_path} at epoch {epoch + 1}, step {step} of {len(loader)}")
             train_seconds = time.perf_counter() - start
@@ -276,10 +298,10 @@ def fit(
             scheduler.step()
             # The checkpoint's host copy starts now and runs while evaluation (which only reads
             # the weights) does: the loop waits only for what is left of it afterwards.
-            pending = _start_checkpoint(writer, model, optimizer, scheduler, run_dir) if ctx.is_main else None
+            pending = _start_checkpoint(writer, model, optimizer, scheduler, run_dir, ema) if ctx.is_main else None
 
             test_start = time.perf_counter()
-            test = evaluate(model, test_set, settings.batch_size, ctx, precision)
+            test = evaluate(eval_model, test_set, settings.batch_size, ctx, precision)
             test_seconds = time.perf_counter() - test_start
             record = {
                 "epoch": epoch + 1,
@@ -293,7 +315,7 @@ def fit(
                 "confusion": test["confusion"],
             }
             if val_set is not None:
-                record["val_accuracy"] = evaluate(model, val_set, settings.batch_size, ctx, precision)["accuracy"]
+                record["val_accuracy"] = evaluate(eval_model, val_set, settings.batch_size, ctx, precision)["accuracy"]
             if monitor.active:  # utilisation, memory (NVML's and torch's peak), power, temperature
                 record["gpu"] = monitor.summary(reset=True)
             history.append(record)
@@ -314,20 +336,26 @@ def fit(
     summary["warmup_seconds"] = warmup_seconds
     regions = load_test_regions(settings, cfg.image_size) if ctx.is_main and fold is None else None
     if regions is not None:  # the synthetic faces know where their cues are: measure it
-        summary["localization"] = localization.measure(model, test_set.images, regions, ctx.device, precision)
+        summary["localization"] = localization.measure(eval_model, test_set.images, regions, ctx.device, precision)
     return summary
 
 
+def _training_state(model, optimizer, scheduler, ema: recipes.WeightAverage | None) -> dict:
+    """The tensors last.pt holds: weights (and their EMA), Adam state, scheduler, RNG streams."""
+    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                 rng=checkpoint.rng_state())
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
+
+
 def _start_checkpoint(writer: checkpoint.CheckpointWriter, model, optimizer, scheduler,
-                      run_dir: Path) -> tuple[checkpoint.PendingSnapshot, float]:
-    """Begin the host copy of the epoch's tensors (weights, Adam state, RNG streams) on a
-    background thread. Nothing may change them until `_finish_checkpoint`."""
+                      run_dir: Path, ema: recipes.WeightAverage | None = None
+                      ) -> tuple[checkpoint.PendingSnapshot, float]:
+    """Begin the host copy of the epoch's tensors (`_training_state`) on a background thread.
+    Nothing may change them until `_finish_checkpoint`."""
     before = writer.blocking_seconds
-    pending = writer.start_snapshot(
-        dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-             rng=checkpoint.rng_state()),
-        run_dir / "last.pt",
-    )
+    pending = writer.start_snapshot(_training_state(model, optimizer, scheduler, ema), run_dir / "last.pt")
     return pending, writer.blocking_seconds - before
 
 
@@ -338,16 +366,14 @@ def _run_fields(settings: TrainSettings, fold: int | None, epoch: int, test_accu
 
 
 def _save_partial(writer: checkpoint.CheckpointWriter, model, optimizer, scheduler, history: list[dict], where: dict,
-                  settings: TrainSettings, fold: int | None, run_dir: Path) -> None:
+                  settings: TrainSettings, fold: int | None, run_dir: Path,
+                  ema: recipes.WeightAverage | None = None) -> None:
     """last.pt of an epoch a stop signal interrupted (`where`: see checkpoint's `partial`),
     written atomically after whatever the writer still had: the file is the previous epoch's
     last.pt or this one, never a mix. The metrics files get no line for a partial epoch."""
     fields = _run_fields(settings, fold, len(history), None)  # this model was never tested
-    snap = writer.snapshot(
-        dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-             rng=checkpoint.rng_state(), partial=where, history=history, **fields),  # all copied
-        run_dir / "last.pt",
-    )
+    snap = writer.snapshot(dict(_training_state(model, optimizer, scheduler, ema), partial=where, history=history,
+                                **fields), run_dir / "last.pt")  # all copied
     writer.submit(snap, run_dir / "last.pt")
 
 
@@ -379,7 +405,9 @@ def _finish_checkpoint(writer: checkpoint.CheckpointWriter, started: tuple[check
     best_fields = _run_fields(settings, fold, record["epoch"], test["accuracy"])
     # Plain values only from here on (the history is small): the copy is the snapshot's own.
     last = checkpoint.Snapshot({**tensors.payload, **copy.deepcopy(best_fields), "history": copy.deepcopy(history)})
-    best = last.subset(["model", *best_fields]) if improved else None
+    # best.pt's weights are the evaluated ones: the EMA's when the run keeps one.
+    best = checkpoint.Snapshot({"model": last.payload["ema" if "ema" in last.payload else "model"],
+                                **{key: last.payload[key] for key in best_fields}}) if improved else None
     line = dict(record)
     # The writer is idle (start_snapshot waited for it), so handing the job over does not block.
     writer.submit(last, run_dir / "last.pt", best=best, best_path=run_dir / "best.pt" if improved else None,
@@ -387,7 +415,8 @@ def _finish_checkpoint(writer: checkpoint.CheckpointWriter, started: tuple[check
 
 
 def _warm_up(train_step: TrainStep, model, train_set: ImageSet, test_set: ImageSet, settings: TrainSettings,
-             precision: str, crop: int, ctx: distributed.Context, trace: AttentionTrace) -> float:
+             precision: str, crop: int, ctx: distributed.Context, trace: AttentionTrace,
+             mixer: recipes.BatchMixer | None = None) -> float:
     """What the first steps would otherwise pay inside epoch 1's clock, paid before it: a
     training step at the training shape (auto's conv timing, the Triton JIT, compile, cuDNN's
     search, graph capture; weights, optimizer and RNG left as found), and a forward at the
@@ -399,6 +428,8 @@ def _warm_up(train_step: TrainStep, model, train_set: ImageSet, test_set: ImageS
     loader = BatchLoader(train_set.images, train_set.labels, np.arange(count), count, ctx.device,
                          augment=True, crop_padding=crop, epoch_seed=settings.seed)
     x, y = next(iter(loader))
+    if mixer is not None:  # the step's targets are then probabilities: warm up that signature
+        x, y = mixer(x, y, 0, 0)
     train_step.warm_up(x, y)
     batches = {min(settings.batch_size, len(test_set))}
     if trace.active:

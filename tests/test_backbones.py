@@ -1,0 +1,292 @@
+"""The LNL head on other backbones (lnlatten_fast.backbones): the two levels, training through
+them, torch.compile, weights files, the config and checkpoint round trip, and the train CLI.
+
+The backbones are torch-only stand-ins with the submodule names and strides of ResNet-18,
+ConvNeXt-T and ViT-S (tests/backbone_standins.py)."""
+
+import copy
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import backbone_standins as standins
+from helpers import read_metrics
+from lnlatten_fast import evaluate as evaluate_cli
+from lnlatten_fast import export as export_cli
+from lnlatten_fast import train as train_cli
+from lnlatten_fast.backbones import BackboneFeatures, build_backbone, load_backbone_weights
+from lnlatten_fast.config import LNLConfig
+from lnlatten_fast.errors import MissingPathError, ParameterError
+from lnlatten_fast.geometry import PatchGeometry
+from lnlatten_fast.model import LNLAttenNet, lnl_loss
+from lnlatten_fast.training import checkpoint
+
+SPEC = "module:backbone_standins:{}"
+
+
+def backbone_config(name, **changes):
+    return LNLConfig.tiny(backbone=SPEC.format(name), **changes)
+
+
+@pytest.mark.parametrize("name, levels, high, low", [
+    # (channels, side) at 96 px: ResNet's layer1 is 1/4 of the input and layer4 1/32; ConvNeXt's
+    # stage 0 1/4 and stage 3 1/32; the ViT's 16 px patches give a 6 x 6 token grid at every block.
+    ("resnet18_standin", ("layer1", "layer4"), (8, 24), (64, 3)),
+    ("convnext_tiny_standin", ("stages.0", "stages.3"), (8, 24), (64, 3)),
+    ("vit_small_standin", ("blocks.2", "blocks.11"), (16, 20), (16, 6)),
+])
+def test_default_levels_and_their_shapes(name, levels, high, low):
+    torch.manual_seed(0)
+    body = getattr(standins, name)() if name != "vit_small_standin" else standins.ViTSmallStandin(image_size=96)
+    # 20 px is the smallest map whose 16 windows are 8 px, SimpleNet's minimum; 19 px gives 7 px.
+    assert PatchGeometry.for_image(20, 16).patch == 8 and PatchGeometry.for_image(19, 16).patch < 8
+    features = BackboneFeatures(body, None, image_size=96, min_high_size=20)
+    assert features.levels == levels
+    got_high, got_low = features(torch.randn(2, 3, 96, 96))
+    assert tuple(got_high.shape) == (2, *high[:1], high[1], high[1])
+    assert tuple(got_low.shape) == (2, *low[:1], low[1], low[1])
+
+
+def test_vit_tokens_become_a_grid_without_the_cls_token():
+    torch.manual_seed(0)
+    vit = standins.ViTSmallStandin(image_size=64)
+    features = BackboneFeatures(vit, ("blocks.2", "blocks.11"), image_size=64, min_high_size=20)
+    x = torch.randn(2, 3, 64, 64)
+    high, low = features(x)
+    # By hand: the ViT's own steps up to each block, the cls token dropped, tokens row-major.
+    tokens = torch.cat([vit.cls_token.expand(2, -1, -1), vit.patch_embed(x)], dim=1) + vit.pos_embed
+    after_2 = vit.blocks[:3](tokens)
+    after_11 = vit.blocks[3:](after_2)
+    as_grid = lambda t: t[:, 1:].reshape(2, 4, 4, 16).permute(0, 3, 1, 2)  # noqa: E731
+    torch.testing.assert_close(low, as_grid(after_11))
+    torch.testing.assert_close(high, F.interpolate(as_grid(after_2), size=(20, 20), mode="bilinear"))
+
+
+def test_levels_override_and_unknown_names():
+    body = standins.resnet18_standin()
+    features = BackboneFeatures(body, "layer2, layer3", image_size=64)
+    assert features.levels == ("layer2", "layer3")
+    assert (features.high_channels, features.high_size, features.low_channels, features.low_size) == (16, 8, 32, 4)
+    with pytest.raises(ParameterError, match=r"backbone_levels names 'layer9'.*conv1, bn1.*layer4"):
+        BackboneFeatures(standins.resnet18_standin(), ("layer1", "layer9"), image_size=64)
+    with pytest.raises(ParameterError, match="backbone_levels must be given for a Sequential"):
+        BackboneFeatures(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), None, image_size=64)
+    with pytest.raises(ParameterError, match="backbone_levels must name two submodules"):
+        LNLConfig.tiny(backbone=SPEC.format("resnet18_standin"), backbone_levels="layer1")
+
+
+def test_head_trains_through_the_backbone():
+    """Loss goes down on a fixed batch; gradients reach the backbone's first layer; the
+    classifier after layer4 (unused by the levels) is frozen."""
+    torch.manual_seed(0)
+    model = LNLAttenNet(backbone_config("resnet18_standin", image_size=32))
+    assert not model.backbone.body.fc.weight.requires_grad
+    assert model.backbone.unused_parameters == ("fc.weight", "fc.bias")
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 7
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(4):
+        optimizer.zero_grad()
+        loss = lnl_loss(model(x).logits, y, model)
+        loss.backward()
+        losses.append(loss.item())
+        optimizer.step()
+    assert model.backbone.body.conv1.weight.grad.abs().sum() > 0
+    assert losses[-1] < losses[0]
+
+
+def test_adapter_compiles_with_fullgraph():
+    torch.manual_seed(0)
+    features = BackboneFeatures(standins.vit_small_standin(), None, image_size=64, min_high_size=20).eval()
+    x = torch.randn(2, 3, 64, 64)
+    eager = features(x)
+    compiled = torch.compile(features, fullgraph=True, backend="aot_eager")(x)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_copy_of_the_adapter_captures_its_own_levels():
+    """Export deep-copies the model: the copy's hooks must fill the copy's store."""
+    features = BackboneFeatures(standins.resnet18_standin(), None, image_size=64).eval()
+    x = torch.randn(1, 3, 64, 64)
+    for a, b in zip(copy.deepcopy(features)(x), features(x)):
+        torch.testing.assert_close(a, b)
+
+
+def test_weights_file_is_loaded_and_reported_in_one_line(tmp_path, capsys):
+    torch.manual_seed(1)
+    donor = standins.resnet18_standin()
+    saved = donor.state_dict()
+    del saved["layer4.1.bn2.running_var"]
+    saved["extra.weight"] = torch.ones(3)
+    path = tmp_path / "resnet.pt"
+    torch.save(saved, path)
+    torch.manual_seed(2)
+    model = LNLAttenNet(backbone_config("resnet18_standin", backbone_weights=str(path)))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    assert "missing 1 (layer4.1.bn2.running_var)" in lines[0] and "unexpected 1 (extra.weight)" in lines[0]
+    loaded = model.backbone.body.state_dict()
+    for key, value in donor.state_dict().items():
+        if key != "layer4.1.bn2.running_var":
+            assert torch.equal(loaded[key], value), key
+    assert torch.equal(loaded["layer4.1.bn2.running_var"], torch.ones(64))  # BatchNorm's own init, kept
+
+
+def test_weights_file_errors(tmp_path):
+    with pytest.raises(MissingPathError, match="backbone_weights .*nowhere.pt does not exist"):
+        LNLAttenNet(backbone_config("resnet18_standin", backbone_weights=str(tmp_path / "nowhere.pt")))
+    other = tmp_path / "convnext.pt"
+    torch.save({"conv1.weight": torch.zeros(1, 1, 1, 1)}, other)
+    with pytest.raises(ParameterError, match=r"backbone_weights .*conv1.weight has shape \(1, 1, 1, 1\)"):
+        load_backbone_weights(standins.resnet18_standin(), other)
+    with pytest.raises(ParameterError, match="backbone_levels needs a `backbone` other than unet"):
+        LNLConfig.tiny(backbone_levels="a,b")
+
+
+def test_backbone_specs_and_missing_libraries(monkeypatch):
+    with pytest.raises(ParameterError, match="backbone must be unet, module:"):
+        LNLConfig.tiny(backbone="resnet18")
+    with pytest.raises(ParameterError, match="cannot import no_such_module"):
+        build_backbone("module:no_such_module:build")
+    with pytest.raises(ParameterError, match="gave a str, not an nn.Module"):
+        build_backbone(SPEC.format("not_a_module"))
+    for library in ("timm", "torchvision"):
+        monkeypatch.setitem(sys.modules, library, None)  # import fails as when it is not installed
+        with pytest.raises(ParameterError, match=rf"{library}:resnet18 needs {library}.*\[{library}\] extra"):
+            build_backbone(f"{library}:resnet18")
+
+
+def test_config_and_state_dict_rebuild_the_same_network():
+    torch.manual_seed(0)
+    model = LNLAttenNet(backbone_config("convnext_tiny_standin", backbone_levels=("stages.1", "stages.3"))).eval()
+    config = LNLConfig.from_dict(model.config.to_dict())
+    assert config.backbone_levels == "stages.1,stages.3"
+    torch.manual_seed(1)
+    rebuilt = LNLAttenNet(config).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(rebuilt(x).logits, model(x).logits, rtol=0, atol=0)
+
+
+def tiny_backbone_run(tmp_path, *flags):
+    """train's arguments for one epoch on the ResNet-18 stand-in, 40 + 16 synthetic faces at 32 px."""
+    return ["--backbone", SPEC.format("resnet18_standin"), "--image-size", "32", "--synthetic-train", "40",
+            "--synthetic-test", "16", "--batch-size", "16", "--cache-dir", str(tmp_path / "cache"),
+            "--trace-every", "0", "--progress", "none", "--epochs", "1", *flags]
+
+
+def test_train_evaluate_export_and_resume_on_a_backbone(tmp_path, capsys):
+    """The train CLI on the ResNet-18 stand-in with a weights file: trains, resumes, and then
+    evaluates and exports from the checkpoint alone (the weights file gone)."""
+    torch.manual_seed(5)
+    weights = tmp_path / "resnet.pt"
+    torch.save(standins.resnet18_standin().state_dict(), weights)
+    run = tmp_path / "run"
+    assert train_cli.main(tiny_backbone_run(tmp_path, "--backbone-weights", str(weights), "--out", str(run))) == 0
+    tensors = len(standins.resnet18_standin().state_dict())
+    report = f"backbone weights {weights}: loaded {tensors} of the backbone's {tensors} tensors; missing 0; unexpected 0"
+    assert capsys.readouterr().out.count(report) == 1  # not again for the memory estimate's meta-device model
+    after_one = checkpoint.load(run / "last.pt")["model"]
+    assert train_cli.main(["--resume", "--epochs", "2", "--out", str(run)]) == 0
+    payload = checkpoint.load(run / "last.pt")
+    assert len(payload["history"]) == 2 and len(read_metrics(run)) == 2
+    assert not torch.equal(payload["model"]["backbone.body.conv1.weight"], after_one["backbone.body.conv1.weight"])
+    assert payload["config"]["backbone"] == SPEC.format("resnet18_standin")
+    assert payload["config"]["backbone_weights"] == str(weights)
+    capsys.readouterr()
+    weights.unlink()  # evaluating and exporting need only the checkpoint
+    assert evaluate_cli.main(["--checkpoint", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == pytest.approx(result["recorded_test_accuracy"], abs=1e-9)
+    assert export_cli.main([str(run), "--format", "pt2", "--out", str(tmp_path / "model.pt2")]) == 0
+    assert (tmp_path / "model.pt2").stat().st_size > 0
+
+
+def test_backbone_lr_scale_and_freezing():
+    """The backbone's groups get lr x scale (the head's keep lr, every group its weight decay);
+    a frozen backbone is left as it is by a step that changes the head."""
+    from lnlatten_fast.backbones import backbone_parameters, scale_backbone_lr, set_backbone_trainable
+    from lnlatten_fast.training.step import build_optimizer
+
+    torch.manual_seed(0)
+    model = LNLAttenNet(backbone_config("resnet18_standin", image_size=32))
+    optimizer = build_optimizer(model, 1e-3, 0.01, fused=False)
+    decays = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    scale_backbone_lr(optimizer, model, 0.1)
+    backbone = {id(p) for p in model.backbone.body.parameters()}
+    for group in optimizer.param_groups:
+        in_backbone = {id(p) in backbone for p in group["params"]}
+        assert len(in_backbone) == 1
+        assert group["lr"] == pytest.approx(1e-4 if in_backbone.pop() else 1e-3)
+        assert {decays[id(p)] for p in group["params"]} == {group["weight_decay"]}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(decays)
+
+    set_backbone_trainable(model, False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer.zero_grad()
+    lnl_loss(model(torch.randn(4, 3, 32, 32)).logits, torch.arange(4), model).backward()
+    optimizer.step()
+    after = model.state_dict()
+    assert all(torch.equal(after[f"backbone.body.{n}"], before[f"backbone.body.{n}"])
+               for n, _ in model.backbone.body.named_parameters())
+    assert not torch.equal(after["head.classifier.0.weight"], before["head.classifier.0.weight"])
+    set_backbone_trainable(model, True)
+    assert all(p.requires_grad for p in backbone_parameters(model)) and not model.backbone.body.fc.weight.requires_grad
+
+
+def test_backbone_training_settings_are_checked():
+    from lnlatten_fast.training.settings import TrainSettings
+
+    with pytest.raises(ParameterError, match="freeze_backbone_epochs needs a `backbone` other than unet"):
+        TrainSettings(freeze_backbone_epochs=1, epochs=2).validate()
+    with pytest.raises(ParameterError, match="backbone_lr_scale must be a positive number"):
+        TrainSettings(model=backbone_config("resnet18_standin"), backbone_lr_scale=0.0).validate()
+    with pytest.raises(ParameterError, match=r"freeze_backbone_epochs must be an int in \[0, `epochs` = 2\)"):
+        TrainSettings(model=backbone_config("resnet18_standin"), freeze_backbone_epochs=2, epochs=2).validate()
+
+
+def test_train_gives_the_backbone_its_lr_scale(tmp_path):
+    """--backbone-lr-scale reaches the optimizer: last.pt's groups holding the backbone's
+    parameters run at 0.25 x the others' lr (needs trainer.fit to call scale_backbone_lr)."""
+    run = tmp_path / "run"
+    assert train_cli.main(tiny_backbone_run(tmp_path, "--backbone-lr-scale", "0.25", "--lr", "0.002",
+                                            "--out", str(run))) == 0
+    groups = checkpoint.load(run / "last.pt")["optimizer"]["param_groups"]
+    starts = sorted({float(g["initial_lr"]) for g in groups})  # each group's lr before the schedule
+    assert starts == pytest.approx([0.002 * 0.25, 0.002])
+
+
+# Shapes at 224 px, from the libraries' architectures: ResNet-18's layer1 (64, 1/4) and layer4
+# (512, 1/32); ConvNeXt-T's first stage (96, 1/4) and last (768, 1/32); ViT-S/16's 14 x 14
+# tokens of width 384, the high level brought to 20 px for 16 windows.
+REAL_FAMILIES = [
+    ("timm:resnet18", (64, 56), (512, 7)),
+    ("timm:convnext_tiny", (96, 56), (768, 7)),
+    ("timm:vit_small_patch16_224", (384, 20), (384, 14)),
+    ("torchvision:resnet18", (64, 56), (512, 7)),
+    ("torchvision:convnext_tiny", (96, 56), (768, 7)),
+]
+
+
+@pytest.mark.parametrize("spec, high, low", REAL_FAMILIES)
+def test_real_library_families(spec, high, low):
+    """Where timm / torchvision import (CI's second environment, gpu_check.sh), their models
+    with the default levels; elsewhere skipped with the import error as the reason (-rs)."""
+    import importlib
+
+    library = spec.split(":")[0]
+    try:
+        importlib.import_module(library)
+    except Exception as error:  # noqa: BLE001 - torchvision against the CPU torch: RuntimeError
+        pytest.skip(f"{library} not tested: it does not import here ({type(error).__name__}: {error})")
+    torch.manual_seed(0)
+    model = LNLAttenNet(LNLConfig.tiny(image_size=224, backbone=spec)).eval()
+    features = model.backbone
+    assert (features.high_channels, features.high_size) == high
+    assert (features.low_channels, features.low_size) == low
+    with torch.no_grad():
+        assert tuple(model(torch.randn(1, 3, 224, 224)).logits.shape) == (1, 7)
