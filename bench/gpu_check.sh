@@ -83,7 +83,7 @@ fi
 if want bench; then
   echo "== op benchmarks" | tee -a "$out/log.txt"
   timeout 120 python -m pytest bench/bench_triton_attention.py bench/bench_triton_conv.py bench/bench_model.py \
-    --benchmark-only -q -p no:cacheprovider -k "not bench_model or simplenet or (paper and not fp32)" \
+    --benchmark-only --bench-rounds 10 -q -p no:cacheprovider -k "not bench_model or simplenet or (paper and not fp32)" \
     --benchmark-group-by=group --benchmark-columns=median,rounds --benchmark-json="$out/benchmarks.json" \
     >>"$out/bench.txt" 2>&1
   echo "- benchmarks exit code: $?" >> "$out/gpu_check.md"

@@ -230,11 +230,15 @@ def as_format_1(path, l2_lambda):
     settings = dict(payload["settings"])
     model = settings.pop("model")
     for later in ("strict", "trace_every", "trace_images", "synthetic_occlusion", "cuda_graphs", "deterministic",
-                  "progress", "restart"):  # added after format 1
+                  "progress", "restart", "balanced_sampling", "label_smoothing", "ema", "schedule",
+                  "warmup_epochs", "clip_grad_norm", "mixup", "cutmix", "freeze_backbone_epochs",
+                  "backbone_lr_scale"):  # added after format 1
         settings.pop(later)
     settings.update({name: model[name] for name in ("variant", "alpha", "num_patches", "overlap", "image_size", "backend")})
     settings["l2_lambda"] = l2_lambda
     assert set(settings) == FORMAT_1_SETTINGS
+    for later in ("backbone", "backbone_levels", "backbone_weights"):  # model fields added after format 1
+        model.pop(later)
     payload.update(format="lnlatten_fast/1", settings=settings, config=dict(model, l2_lambda=1e-4))
     torch.save(payload, path)
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from .. import figures, jsonio
+from .. import backbones, figures, jsonio
 from ..data import labels
 from ..data.cache import ImageSet
 from ..data.pipeline import BatchLoader
@@ -180,7 +180,11 @@ def fit(
     stop = stop if stop is not None else StopSignals(run_dir)
     cfg = settings.model
     torch.manual_seed(settings.seed)
-    model = LNLAttenNet(cfg).to(ctx.device).channels_last()
+    last_path = run_dir / "last.pt"
+    resuming = settings.resume and last_path.exists()
+    # A resumed run's weights, the backbone's included, come from last.pt: the weights file it
+    # started from may be gone.
+    model = LNLAttenNet(cfg, load_backbone_weights=not resuming).to(ctx.device).channels_last()
     backend_used = resolve_name(cfg.backend, ctx.device)
     # "decoupled" (default): eq. 3's L2 term as AdamW's weight decay 2λ on the conv and linear
     # weights. "loss" adds λ·Σ‖W‖² to the loss as eq. 3 writes it; with Adam that collapses this
@@ -189,6 +193,8 @@ def fit(
     # accuracy after 80 steps with the term, learning without it).
     decay = 2 * cfg.l2_lambda if settings.l2_mode == "decoupled" else 0.0
     optimizer = build_optimizer(model, settings.lr, decay, tensor_lr=settings.compile)
+    # Before the scheduler and a saved optimizer state: both see the split parameter groups.
+    backbones.scale_backbone_lr(optimizer, model, settings.backbone_lr_scale)
     loss_l2 = cfg.l2_lambda if settings.l2_mode == "loss" else 0.0
     scheduler = recipes.build_scheduler(optimizer, settings.schedule, lr_decay=settings.lr_decay,
                                         epochs=settings.epochs, warmup_epochs=settings.warmup_epochs)
@@ -197,8 +203,7 @@ def fit(
     eval_model = ema.module if ema is not None else model
     history: list[dict] = []
     partial = None  # where an epoch a stop signal interrupted stood
-    last_path = run_dir / "last.pt"
-    if settings.resume and last_path.exists():
+    if resuming:
         state = checkpoint.load(last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -224,7 +229,9 @@ def fit(
     loss_fn = recipes.recipe_loss(settings.label_smoothing) if settings.label_smoothing or mixing else lnl_loss
     forward_model = model
     if ctx.distributed:
-        forward_model = torch.nn.parallel.DistributedDataParallel(model)
+        # A frozen backbone's parameters get no gradient, which DDP must be told to expect.
+        forward_model = torch.nn.parallel.DistributedDataParallel(
+            model, find_unused_parameters=settings.freeze_backbone_epochs > 0)
         if settings.compile:  # DDP's hooks split the graph: the forward is compiled alone
             forward_model = torch.compile(forward_model)
     train_step = TrainStep(model, optimizer, precision=precision, device=ctx.device, loss_l2=loss_l2,
@@ -261,6 +268,7 @@ def fit(
         for epoch in range(len(history), settings.epochs):
             resumed = partial if partial is not None and partial["epoch"] == epoch + 1 else None
             loader = epoch_loader(epoch, resumed["loader"] if resumed else None)
+            backbones.set_backbone_trainable(model, epoch >= settings.freeze_backbone_epochs)
             model.train()
             # (Σ loss·n, n), and the clock, as the interrupted part of the epoch left them
             loss_sum = resumed["loss_sum"].to(ctx.device) if resumed else torch.zeros(2, dtype=torch.float64, device=ctx.device)
