@@ -141,7 +141,7 @@ def nonlocal_weight_grid(images: np.ndarray, w_g: np.ndarray, titles: list[str],
     for k in range(count):
         face, grid = axes[2 * (k // columns), k % columns], axes[2 * (k // columns) + 1, k % columns]
         face.axis("on"), grid.axis("on")
-        face.imshow(images[k])
+        face.imshow(images[k], interpolation="nearest")
         face.set_title(titles[k], fontsize=SMALL_TEXT + 0.5)
         _bare(face)
         shown = _weight_grid(grid, w_g[k], geom.grid, scale)
@@ -211,7 +211,7 @@ def nonlocal_weight_snapshots(images: np.ndarray, steps: np.ndarray, w_g: np.nda
     fig, axes, right = _panel_grid(probes, columns, cell, left=left, top=top, gap=gap, column_gaps={0: 0.16})
     shown = None
     for p in range(probes):
-        axes[p, 0].imshow(images[p])
+        axes[p, 0].imshow(images[p], interpolation="nearest")
         _bare(axes[p, 0])
         if row_labels is not None:
             axes[p, 0].set_ylabel(row_labels[p], rotation=0, ha="right", va="center", fontsize=SMALL_TEXT + 0.5,
@@ -248,7 +248,7 @@ def local_weight_occlusion(image: np.ndarray, occluded: np.ndarray, w_l: np.ndar
     flat = axes.flat
     for ax, picture, name in ((flat[0], image, "the face"), (flat[1], occluded[0], "patch (1,1) greyed")):
         ax.axis("on")
-        ax.imshow(picture)
+        ax.imshow(picture, interpolation="nearest")
         ax.set_title(name, fontsize=SMALL_TEXT + 0.5)
         _bare(ax)
     shown = None

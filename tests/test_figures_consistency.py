@@ -189,3 +189,15 @@ def test_alpha_runs_may_differ_in_seed_and_place(tmp_path):
     main = fake_run(tmp_path / "main", alpha=0.7)
     other = fake_run(tmp_path / "sweep" / "alpha-0.2" / "seed1", alpha=0.2, seed=1, device="cpu", trace_every=10)
     assert analysis.check_alpha_runs(main, [str(other)]) == [other]
+
+
+def test_a_field_a_runs_config_predates_counts_as_its_default(tmp_path):
+    """A resumed run's config.json is rewritten by newer code, with fields an older run's file
+    lacks: those hold their defaults in both runs, so they do not differ."""
+    older = fake_run(tmp_path / "older", alpha=0.7)
+    config = json.loads((older / "config.json").read_text())
+    del config["settings"]["lr_decay"], config["settings"]["model"]["l2_lambda"]
+    (older / "config.json").write_text(json.dumps(config))
+    resumed = fake_run(tmp_path / "resumed", alpha=0.2, resume=True)
+    assert analysis.check_alpha_runs(resumed, [older]) == [older]
+    assert analysis.check_alpha_runs(older, [resumed]) == [resumed]

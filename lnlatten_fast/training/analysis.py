@@ -69,13 +69,18 @@ def _last_record(run_dir: Path) -> dict:
 
 
 def _run_config(run_dir: Path, parameter: str) -> dict:
-    """The run's config.json (a K-fold fold's directory: its run's) as one flat dict, the
-    model's fields beside the run's."""
+    """The settings in the run's config.json (a K-fold fold's directory: its run's) as one flat
+    dict, the model's fields beside the run's; a field the file predates holds its default, as
+    the run trained with it."""
     places = [run_dir] + ([run_dir.parent] if run_dir.name.startswith("fold") else [])
     for config in (place / "config.json" for place in places):
         if config.is_file():
-            stored = json.loads(config.read_text())
-            return {**{k: v for k, v in stored["settings"].items() if k != "model"}, **stored["model"]}
+            try:
+                settings = TrainSettings.from_dict(json.loads(config.read_text())["settings"]).to_dict()
+            except (ValueError, KeyError, TypeError) as error:
+                raise ParameterError(parameter, f"{config} holds no settings this version reads ({error})") from None
+            model = settings.pop("model")
+            return {**settings, **model}
     raise MissingPathError(parameter, f"{run_dir} holds no config.json (not a directory written by train?)")
 
 
@@ -92,9 +97,8 @@ def check_alpha_runs(run_dir: Path, alpha_runs) -> list[Path]:
         if not other.is_dir():
             raise MissingPathError("alpha_runs", f"{other} is not a directory")
         theirs = _run_config(other, "alpha_runs")
-        differences = [f"{name} {_shown(theirs, name)} there, {_shown(main, name)} in the main run"
-                       for name in sorted((set(main) | set(theirs)) - ALPHA_RUNS_MAY_DIFFER)
-                       if theirs.get(name, _ABSENT) != main.get(name, _ABSENT)]
+        differences = [f"{name} {theirs[name]!r} there, {main[name]!r} in the main run"
+                       for name in sorted(set(main) - ALPHA_RUNS_MAY_DIFFER) if theirs[name] != main[name]]
         if differences:
             raise ParameterError("alpha_runs", f"{other} differs from the main run {run_dir} in more than α: "
                                  + "; ".join(differences) + " (fig. 14 compares runs that differ only in α)")
@@ -104,13 +108,6 @@ def check_alpha_runs(run_dir: Path, alpha_runs) -> list[Path]:
     if len(alphas) < 2:
         raise ParameterError("alpha_runs", f"the runs share one α ({main['alpha']}): give runs with different α")
     return alpha_runs
-
-
-_ABSENT = object()
-
-
-def _shown(config: dict, name: str) -> str:
-    return "absent" if name not in config else repr(config[name])
 
 
 def final_nonlocal_weights(run_dir: Path) -> tuple[float, np.ndarray]:
