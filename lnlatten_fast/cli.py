@@ -13,14 +13,16 @@ import argparse
 import dataclasses
 import sys
 import typing
+from pathlib import Path
 from typing import Callable, Iterable
 
 from .config import PRESETS, LNLConfig, flag_help
 from .errors import as_flag, cli_message
+from .training.inference import RUN_CHECKPOINTS
 
 __all__ = [
     "MODEL_FLAGS", "LIBRARY_ERRORS", "RUN_FAILED", "given_flags", "HelpFormatter", "add_model_flags", "add_device_flag",
-    "model_overrides", "fail", "preset_defaults",
+    "add_checkpoint_flags", "refuse_which_with_a_file", "model_overrides", "fail", "preset_defaults",
 ]
 
 _HINTS = typing.get_type_hints(LNLConfig)
@@ -97,6 +99,31 @@ def add_device_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, d
     """`--device`, as every command line takes it (`distributed.pick_device` reads it)."""
     parser.add_argument("--device", default=default,
                         help=f"auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N (default: {default})")
+
+
+def add_checkpoint_flags(parser: argparse.ArgumentParser, positional: bool = False) -> None:
+    """The model a command line loads: `--checkpoint RUN_OR_CKPT` (`positional`: a bare
+    RUN_OR_CKPT argument) and `--which`, as every command that reads a trained run takes them."""
+    what = ("a run directory written by lnlatten_fast.train (its best.pt, or --which), or a best.pt or "
+            "last.pt")
+    if positional:
+        parser.add_argument("checkpoint", metavar="RUN_OR_CKPT", help=what)
+    else:
+        parser.add_argument("--checkpoint", required=True, metavar="RUN_OR_CKPT", help=what)
+    parser.add_argument("--which", choices=tuple(RUN_CHECKPOINTS), default=None,
+                        help="which of the run directory's models: its best epoch's (best.pt, the default) or its "
+                             "last (last.pt)")
+
+
+def refuse_which_with_a_file(args: argparse.Namespace, checkpoint_flag: str = "--checkpoint ") -> int | None:
+    """Exit status 2 after one `error:` line when `--which` was given with a checkpoint file, where
+    it would be silently ignored; None otherwise. `checkpoint_flag` prefixes the path ("" for a
+    positional RUN_OR_CKPT)."""
+    if args.which is None or not Path(args.checkpoint).is_file():
+        return None
+    print(f"error: --which {args.which}: {checkpoint_flag}{args.checkpoint} is a checkpoint file, not a run directory",
+          file=sys.stderr)
+    return 2
 
 
 def model_overrides(args: argparse.Namespace, names: Iterable[str] = MODEL_FLAGS) -> dict:

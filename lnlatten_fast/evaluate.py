@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from . import cli, jsonio
 from .data.datasets import DATASETS
 from .training.evaluation import evaluate_checkpoint
-from .training.inference import RUN_CHECKPOINTS
 from .training.precision import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lnlatten_fast.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_CKPT",
-                   help="a run directory written by lnlatten_fast.train (its best.pt, or --which), or a "
-                        "best.pt or last.pt")
-    p.add_argument("--which", choices=tuple(RUN_CHECKPOINTS), default=None,
-                   help="which of the run directory's models: its best epoch's (best.pt, the default) or its "
-                        "last (last.pt)")
+    cli.add_checkpoint_flags(p)
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's dataset")
     p.add_argument("--data-root", default=None, help="default: the run's --data-root")
     cli.add_device_flag(p)
@@ -56,10 +49,8 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         print(f"error: --batch-size {args.batch_size}: expected a positive number of images", file=sys.stderr)
         return 2
-    if args.which is not None and Path(args.checkpoint).is_file():
-        print(f"error: --which {args.which}: --checkpoint {args.checkpoint} is a checkpoint file, not a run directory",
-              file=sys.stderr)
-        return 2
+    if (status := cli.refuse_which_with_a_file(args)) is not None:
+        return status
     try:
         result = evaluate_checkpoint(
             args.checkpoint, which=args.which or "best", dataset=args.dataset, data_root=args.data_root,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import cli
 from .data.faces import DetectorMissingError
-from .training.inference import RUN_CHECKPOINTS, checkpoint_file, predict_files
+from .training.inference import checkpoint_file, predict_files
 from .training.photos import Photo, predict_photos
 from .viz import add_colorbar, draw_weight_overlay, nonlocal_weight_scale, region_weight_map, save_region_heatmap
 
@@ -36,12 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (any size; resized like the training data), or folders: every image file "
                         "directly in one, by name")
-    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_CKPT",
-                   help="a run directory written by lnlatten_fast.train (its best.pt, or --which), or a "
-                        "best.pt or last.pt")
-    p.add_argument("--which", choices=tuple(RUN_CHECKPOINTS), default=None,
-                   help="which of the run directory's models: its best epoch's (best.pt, the default) or its "
-                        "last (last.pt)")
+    cli.add_checkpoint_flags(p)
     p.add_argument("--detect-faces", action="store_true",
                    help="find the faces in each photo (OpenCV's Haar cascade, the detect extra) and classify each "
                         "one, cropped as the training faces are (a photo without one gets a line saying so); without it "
@@ -190,10 +185,8 @@ def main(argv=None) -> int:
     if args.heatmap and Path(args.heatmap).suffix.lower() not in HEATMAP_FORMATS:
         print(f"error: --heatmap {args.heatmap}: expected a file ending in {', '.join(HEATMAP_FORMATS)}", file=sys.stderr)
         return 2
-    if args.which and Path(args.checkpoint).is_file():
-        print(f"error: --which {args.which}: --checkpoint {args.checkpoint} is a checkpoint file, not a run directory",
-              file=sys.stderr)
-        return 2
+    if (status := cli.refuse_which_with_a_file(args)) is not None:
+        return status
     try:
         (predict_faces if args.detect_faces else predict_crops)(args)
     except DetectorMissingError as error:
