@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import warnings
 from copy import deepcopy
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .. import jsonio
 from ..errors import MissingPathError, ParameterError
 from ..model import LNLAttenNet
 from ..ops.dispatch import resolve_name
@@ -156,7 +156,7 @@ def export_pt2(model: LNLAttenNet, out, dynamic_batch: bool = False, class_names
             _for_export(model, backend), (_example_input(model, 2 if dynamic_batch else 1),),
             dynamic_shapes=_batch_axis() if dynamic_batch else None,
         )
-    extra = {CLASS_NAMES_FILE: json.dumps(list(class_names))} if class_names is not None else None
+    extra = {CLASS_NAMES_FILE: jsonio.dumps(list(class_names))} if class_names is not None else None
     torch.export.save(program, out, extra_files=extra)
     return out
 
@@ -208,7 +208,7 @@ def export_onnx(model: LNLAttenNet, out, class_names=None) -> Path:
         )
     metadata = {"image_size": str(model.config.image_size)}
     if class_names is not None:
-        metadata["class_names"] = json.dumps(list(class_names))
+        metadata["class_names"] = jsonio.dumps(list(class_names))
     onnx_program.model.metadata_props.update(metadata)
     # One file unless the weights pass protobuf's 2 GB limit (then they go to a .data file
     # beside it).
