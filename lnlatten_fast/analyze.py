@@ -1,7 +1,8 @@
 """`python -m lnlatten_fast.analyze RUN_DIR`: the paper's analysis figures of a finished run.
 
-Writes RUN_DIR/figures/: the confusion matrix with class names (figs. 8-9), probe faces with
-their w_g (fig. 10), w_g while training as snapshots and per-region curves (figs. 11-12), w_l
+Lists the run's own confusion matrix with class names, RUN_DIR/confusion_matrix.png (figs. 8-9;
+drawn there from the last finished epoch when the run has none), and writes RUN_DIR/figures/:
+probe faces with their w_g (fig. 10), w_g while training as snapshots and per-region curves (figs. 11-12), w_l
 with each patch occluded in turn (fig. 13), and, given runs trained with other α
 (`--alpha-runs`), w_g's spread across α (fig. 14).
 """
