@@ -8,12 +8,14 @@ Under `torchrun --nproc_per_node N -m lnlatten_fast.train ...` it trains data-pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
 from . import cli
 from .config import PRESETS, LNLConfig
-from .errors import TrainingDivergedError
+from .errors import MissingPathError, ParameterError, TrainingDivergedError, as_flag
 from .data.datasets import DATASETS
 from .data.datasets.synthetic import SPLIT_SIZES
 from .training.precision import PRECISIONS
@@ -39,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=cli.HelpFormatter,
     )
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="read the flags from a JSON or TOML file (keys: the flags' names, '-' or '_'; a 'model' "
+                        "table may hold the model flags); flags on the command line override it. A run's own "
+                        "RUN/config.json is such a file (without its --out): `--config runs/X/config.json --out "
+                        "runs/Y` runs that experiment again")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default=d.dataset,
                       help="synthetic is built in; the others read --data-root (each one's layout: the README's --dataset table)")
@@ -152,8 +159,123 @@ def _add_backbone_flags(p: argparse.ArgumentParser, d: TrainSettings) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """The run the flags describe: the preset's model with the model flags given."""
-    run = {k: v for k, v in vars(args).items() if k not in cli.MODEL_FLAGS}
+    run = {k: v for k, v in vars(args).items() if k not in cli.MODEL_FLAGS and k != "config"}
     return TrainSettings(**run, model=LNLConfig.preset(args.preset, **cli.model_overrides(args)))
+
+
+# A run's config.json names its own directory and how it was started; re-running it is a new run.
+_RUN_DIRECTORY_FIELDS = ("out", "resume", "restart")
+
+
+def _read_config_file(path: Path) -> dict:
+    """The file's table: {flag name: value}, a nested "model" table flattened into it. A run's
+    config.json ({"settings": {...}}) gives its settings, less _RUN_DIRECTORY_FIELDS."""
+    if not path.is_file():
+        raise MissingPathError("config", f"{path}: no such file (expected a JSON or TOML file of flags)")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: the tomli backport (a dependency there)
+                import tomli as tomllib
+            table = tomllib.loads(text)
+        else:
+            table = json.loads(text)
+    except ValueError as error:  # json.JSONDecodeError and tomllib.TOMLDecodeError both are
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+        raise ParameterError("config", f"{path}: not valid {kind} ({error})") from None
+    if not isinstance(table, dict):
+        raise ParameterError("config", f"{path}: expected a table of flags, got a {type(table).__name__}")
+    if isinstance(table.get("settings"), dict):
+        table = {k: v for k, v in table["settings"].items() if k not in _RUN_DIRECTORY_FIELDS}
+    table = {k.replace("-", "_"): v for k, v in table.items()}
+    model = table.pop("model", None) or {}
+    if not isinstance(model, dict):
+        raise ParameterError("config", f"{path}: 'model' must be a table of model flags")
+    clashes = sorted(set(model) & set(table))
+    if clashes:
+        raise ParameterError("config", f"{path}: {', '.join(clashes)} given both in 'model' and outside it")
+    return {**table, **{k.replace("-", "_"): v for k, v in model.items()}}
+
+
+def _unsettable_differences(table: dict, flags: set[str]) -> dict:
+    """The table's entries that no flag sets, with a value other than the one the run gets
+    anyway: TrainSettings' default, or the preset's model value. A run made through the Python
+    API with such a value cannot be re-run from the command line."""
+    preset = table.get("preset", TrainSettings().preset)
+    preset_model = LNLConfig.preset(preset).to_dict() if preset in PRESETS else {}
+    run_defaults = TrainSettings().to_dict()
+    differing = {}
+    for name, value in table.items():
+        if name in flags:
+            continue
+        if name in run_defaults:
+            expected = run_defaults[name]
+        elif name in preset_model:
+            expected = preset_model[name]
+        else:
+            differing[name] = value
+            continue
+        if json.loads(json.dumps(expected)) != value:  # as JSON holds it: tuples are lists
+            differing[name] = value
+    return differing
+
+
+def config_file_arguments(parser: argparse.ArgumentParser, path: Path) -> list[str]:
+    """The command-line arguments the config file `path` stands for (ParameterError("config")
+    naming the file and the entry when one is not a flag or not a valid value)."""
+    table = _read_config_file(path)
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    unknown = _unsettable_differences(table, set(actions))
+    if unknown:
+        described = ", ".join(f"{k} = {v!r}" for k, v in sorted(unknown.items()))
+        raise ParameterError("config", f"{path}: {described}: not a flag of this command, or a value no flag sets "
+                                       "(only the defaults can be re-run)")
+    preset = table.get("preset", TrainSettings().preset)
+    preset_model = LNLConfig.preset(preset).to_dict() if preset in PRESETS else {}
+    arguments = []
+    for name, value in table.items():
+        action = actions.get(name)
+        if action is None:
+            continue
+        flag = as_flag(name)
+        if isinstance(action, argparse.BooleanOptionalAction):
+            arguments.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ParameterError("config", f"{path}: {name} must be true or false, got {value!r}")
+            arguments += [flag] if value else []
+        elif value is None:
+            if action.default is not None and action.default is not argparse.SUPPRESS:
+                raise ParameterError("config", f"{path}: {name} cannot be null (its default is {action.default!r})")
+            if action.default is argparse.SUPPRESS and preset_model.get(name) is not None:
+                arguments += [flag, "none"]  # a number field of the model (overlap): none is a value
+        else:
+            arguments += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
+    return arguments
+
+
+def parse_train_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The flags of `argv`, with --config FILE's entries placed before them (so the command line
+    overrides the file); also the arguments that stood for them."""
+    args = parser.parse_args(argv)
+    if args.config is None:
+        return args, argv
+    path = Path(args.config)
+    from_file = config_file_arguments(parser, path)
+    reject = parser.error
+
+    def name_the_file(message: str):
+        raise ParameterError("config", f"{path}: {message}")
+
+    parser.error = name_the_file
+    try:
+        parser.parse_args(from_file)
+    finally:
+        parser.error = reject
+    combined = from_file + list(argv)
+    return parser.parse_args(combined), combined
 
 
 def resumed_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> TrainSettings:
@@ -161,7 +283,7 @@ def resumed_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
     may only repeat them, except --epochs, --device, --workers, --out (and --cache-dir,
     --compile, --cuda-graphs, --deterministic, --progress and the trace flags, which change
     neither the data nor the math)."""
-    given = cli.given_flags(parser, sys.argv[1:] if argv is None else argv) - set(cli.MODEL_FLAGS)
+    given = cli.given_flags(parser, argv) - set(cli.MODEL_FLAGS) - {"config"}
     changes = {name: getattr(args, name) for name in given}
     changes.update(cli.model_overrides(args))
     return resumed_settings(Path(args.out), changes)
@@ -169,7 +291,11 @@ def resumed_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args, argv = parse_train_args(parser, argv)
+    except cli.LIBRARY_ERRORS as error:
+        return cli.fail(error)
     if args.resume and args.out is None:
         parser.error("--resume needs --out RUN_DIR (the run to continue)")
     try:
