@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (any CUDA machine; its timeouts add up to 530 s, one 9-minute device call): build, the CUDA
+# One-shot GPU check (any CUDA machine; its timeouts add up to 570 s, inside one 10-minute device call): build, the CUDA
 # tests, the trainer's own step measured eager, compiled and graph-captured beside the whole-step
 # profiler's estimate, one RAF-DB-sized synthetic epoch at the paper preset with its checkpoint,
 # and (with GPU_CHECK_SECTIONS naming them) the op benchmarks, the compile report and ncu's
@@ -49,6 +49,12 @@ if want tests; then
     tests/test_checkpoint_writer.py tests/test_step.py -k "not compiled_step_is_one_graph" \
     -v -p no:cacheprovider --junitxml="$out/tests.xml" >>"$out/log.txt" 2>&1  # -v: a killed run still names its failures
   echo "- tests exit code: $?" >> "$out/gpu_check.md"
+  # The real torchvision: and timm: backbone families, where the box has them (-rs: each one
+  # says tested, or not tested and why).
+  timeout 40 python -m pytest tests/test_backbones.py -k real_ -v -rs -p no:cacheprovider \
+    --junitxml="$out/backbone_families.xml" >>"$out/log.txt" 2>&1
+  echo "- backbone families exit code: $? ($(grep -o '[a-z]* not tested' "$out/log.txt" | sort -u | tr '\n' ' ')none other skipped)" \
+    >> "$out/gpu_check.md"
   stamp "tests"
 fi
 
