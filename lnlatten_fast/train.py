@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"line every {LINE_INTERVAL_SECONDS:.0f} s with step, loss, img/s and ETA (for a log "
                           "file); none; auto: bar on a terminal, lines otherwise. Each epoch's line goes to "
                           "stdout in every mode")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="log each epoch to RUN/tb for TensorBoard: loss, accuracies, lr, img/s, GPU telemetry "
+                          "(CUDA), the confusion matrix and the probe faces' w_g (needs the [tensorboard] extra)")
     _add_recipe_flags(p, d)
     _add_backbone_flags(p, d)
     return p
@@ -281,8 +284,8 @@ def parse_train_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[
 def resumed_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> TrainSettings:
     """--resume: the run's own settings (from its checkpoint); a flag given on this command line
     may only repeat them, except --epochs, --device, --workers, --out (and --cache-dir,
-    --compile, --cuda-graphs, --deterministic, --progress and the trace flags, which change
-    neither the data nor the math)."""
+    --compile, --cuda-graphs, --deterministic, --progress, --tensorboard and the trace flags,
+    which change neither the data nor the math)."""
     given = cli.given_flags(parser, argv) - set(cli.MODEL_FLAGS) - {"config"}
     changes = {name: getattr(args, name) for name in given}
     changes.update(cli.model_overrides(args))

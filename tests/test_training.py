@@ -232,7 +232,7 @@ def as_format_1(path, l2_lambda):
     for later in ("strict", "trace_every", "trace_images", "synthetic_occlusion", "cuda_graphs", "deterministic",
                   "progress", "restart", "balanced_sampling", "label_smoothing", "ema", "schedule",
                   "warmup_epochs", "clip_grad_norm", "mixup", "cutmix", "freeze_backbone_epochs",
-                  "backbone_lr_scale"):  # added after format 1
+                  "backbone_lr_scale", "tensorboard"):  # added after format 1
         settings.pop(later)
     settings.update({name: model[name] for name in ("variant", "alpha", "num_patches", "overlap", "image_size", "backend")})
     settings["l2_lambda"] = l2_lambda

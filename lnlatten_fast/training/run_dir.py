@@ -30,10 +30,11 @@ __all__ = [
 ]
 
 # What may differ when a run is resumed: how long, where and how fast it trains, never what.
-# (cache_dir, compile, CUDA graphs, cuDNN's algorithm choice, the attention trace and the progress
-# display change neither the data nor the math; resume, restart and out name the run.)
+# (cache_dir, compile, CUDA graphs, cuDNN's algorithm choice, the attention trace, the progress
+# display and the TensorBoard log change neither the data nor the math; resume, restart and out
+# name the run.)
 RESUMABLE_CHANGES = ("epochs", "device", "workers", "out", "resume", "restart", "cache_dir", "compile",
-                     "cuda_graphs", "deterministic", "trace_every", "trace_images", "progress")
+                     "cuda_graphs", "deterministic", "trace_every", "trace_images", "progress", "tensorboard")
 
 
 # ---- lock ---------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class TrainSettings:
     trace_every: int = 50  # record probes' w_g, w_l every this many steps (0: never); trace.py
     trace_images: int = 8  # probe test images in the trace
     progress: str = "auto"  # PROGRESS_MODES: a bar on a terminal, plain lines in a log (progress.py)
+    tensorboard: bool = False  # per-epoch scalars and images in RUN/tb (tensorboard.py; needs the package)
     # ---- recipes (recipes.py), each off by default: the paper's protocol ----
     balanced_sampling: str = "none"  # BALANCED_SAMPLING: class-balanced draws, weight 1/n_c or 1/sqrt(n_c)
     label_smoothing: float = 0.0  # cross-entropy's label smoothing ε

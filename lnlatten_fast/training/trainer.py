@@ -34,7 +34,7 @@ from ..data.pipeline import BatchLoader
 from ..errors import ParameterError, PathExistsError, TrainingDivergedError
 from ..model import LNLAttenNet, lnl_loss
 from ..ops.dispatch import resolve_name
-from . import checkpoint, distributed, localization, memory, metrics, recipes, run_dir as runs
+from . import checkpoint, distributed, localization, memory, metrics, recipes, run_dir as runs, tensorboard
 from .evaluation import evaluate
 from .loading import dataset_summary, load_run_splits, load_test_regions
 from .precision import autocast, resolve_precision
@@ -259,7 +259,8 @@ def fit(
     progress = Progress(settings.progress, settings.epochs, first_epoch=len(history), enabled=ctx.is_main)
     # Deferred outermost: a signal while the writer drains on the way out is only recorded.
     with stop.deferred(), _cudnn_autotuning(settings, ctx.device), checkpoint.CheckpointWriter() as writer, \
-            GpuMonitor(ctx.device) as monitor:  # NVML samples in a thread, on CUDA only
+            GpuMonitor(ctx.device) as monitor, \
+            _tensorboard(settings, ctx, run_dir, len(history), test_set) as board:  # None without `tensorboard`
         if len(history) < settings.epochs and (ctx.device.type == "cuda" or settings.compile):
             warmup_seconds = _warm_up(train_step, model, train_set, test_set, settings, precision, crop, ctx, trace,
                                       mixer)
@@ -333,6 +334,8 @@ def fit(
                 best = max(best, selection)
                 _finish_checkpoint(writer, pending, history, settings, test, fold, run_dir, improved)
                 trace.save()
+                if board is not None:
+                    board.log_epoch(record, eval_model, model.geometry, ctx.device, precision)
                 progress.epoch_done(
                     f"epoch {epoch + 1:3d}  loss {record['train_loss']:.4f}  test acc {test['accuracy']:.4f}  "
                     f"mean class acc {test['mean_class_accuracy']:.4f}  {record['images_per_second']:.0f} img/s"
@@ -346,6 +349,14 @@ def fit(
     if regions is not None:  # the synthetic faces know where their cues are: measure it
         summary["localization"] = localization.measure(eval_model, test_set.images, regions, ctx.device, precision)
     return summary
+
+
+def _tensorboard(settings: TrainSettings, ctx: distributed.Context, run_dir: Path, first_epoch: int,
+                 test_set: ImageSet):
+    """The run's TensorBoard writer (the main process's, with `tensorboard`), or a context of None."""
+    if not (settings.tensorboard and ctx.is_main):
+        return contextlib.nullcontext()
+    return tensorboard.EpochBoard(run_dir, first_epoch, test_set, settings.trace_images, _run_title(settings))
 
 
 def _training_state(model, optimizer, scheduler, ema: recipes.WeightAverage | None) -> dict:
@@ -527,12 +538,17 @@ def summary_text(summary: dict, settings: TrainSettings, run_dir: Path, markdown
     return "\n".join(lines) + "\n"
 
 
+def _run_title(settings: TrainSettings) -> str:
+    """What the run is, in its figures' titles."""
+    return f"{settings.dataset}, {settings.preset}/{settings.model.variant}"
+
+
 def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str:
     """summary.json, confusion_matrix.png and summary.md; returns the summary for the terminal."""
     (run_dir / "summary.json").write_text(jsonio.dumps(summary, indent=2))
     figures.confusion_matrix(
         summary["confusion"], labels.CLASS_NAMES, run_dir / "confusion_matrix.png",
-        f"{settings.dataset}, {settings.preset}/{settings.model.variant}: final epoch",
+        f"{_run_title(settings)}: final epoch",
     )
     (run_dir / "summary.md").write_text(summary_text(summary, settings, run_dir, markdown=True))
     return summary_text(summary, settings, run_dir, markdown=False)
@@ -554,6 +570,8 @@ def train(settings: TrainSettings) -> dict:
         settings.out = str(Path("runs") / f"{settings.dataset}-{settings.preset}-{stamp}")
     if settings.resume:
         settings = runs.check_resume(Path(settings.out), settings)
+    if settings.tensorboard:  # refused before anything is written
+        tensorboard.require()
     ctx = distributed.setup(settings.device)
     try:  # before any work: a backend that cannot run here is the user's choice to fix
         resolve_name(settings.model.backend, ctx.device)
