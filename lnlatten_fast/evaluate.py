@@ -1,8 +1,9 @@
 """`python -m lnlatten_fast.evaluate --checkpoint RUN`: test accuracy of a saved model, overall
-and per class.
+and per class, and its confusion matrix.
 
 --checkpoint is a run directory (its best.pt; `--which last`: its last.pt) or a checkpoint file.
 The dataset, its root and the synthetic seed default to those the run was trained with.
+`--out DIR` also writes DIR/evaluation.json (what --json prints) and DIR/confusion_matrix.png.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from . import cli, jsonio
 from .data.datasets import DATASETS
-from .training.evaluation import evaluate_checkpoint
+from .training.evaluation import evaluate_checkpoint, write_evaluation
 from .training.precision import PRECISIONS
 
 
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON (with the confusion matrix and per_class: each class's "
                         "images and accuracy)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="also write DIR/evaluation.json (what --json prints) and DIR/confusion_matrix.png "
+                        "(DIR is created; not a training run's own directory)")
     return p
 
 
@@ -37,11 +41,23 @@ def _print_result(result: dict) -> None:
     print(f"test accuracy        {result['accuracy']:.4f} "
           + (f"(recorded at training: {recorded:.4f})" if recorded is not None else "(saved mid-epoch: none recorded)"))
     print(f"mean class accuracy  {result['mean_class_accuracy']:.4f}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    for line in confusion_table(result["confusion"], list(result["per_class"])):
+        print(f"  {line}")
     print("per-class accuracy:")
     width = max(len(name) for name in result["per_class"])
     for name, entry in result["per_class"].items():
         accuracy = "     —" if entry["accuracy"] is None else f"{entry['accuracy']:.4f}"
         print(f"  {name:{width}s}  {accuracy}  ({entry['images']} images)")
+
+
+def confusion_table(confusion: list[list[int]], names: list[str]) -> list[str]:
+    """The counts as aligned text: a header of the predicted classes, then one row per true class."""
+    row_width = max(len(name) for name in names)
+    widths = [max(len(name), *(len(str(row[j])) for row in confusion)) for j, name in enumerate(names)]
+    header = " " * row_width + "".join(f"  {name:>{w}}" for name, w in zip(names, widths))
+    return [header] + [f"{name:{row_width}s}" + "".join(f"  {count:>{w}}" for count, w in zip(row, widths))
+                       for name, row in zip(names, confusion)]
 
 
 def main(argv=None) -> int:
@@ -57,12 +73,15 @@ def main(argv=None) -> int:
             device=args.device, backend=cli.model_overrides(args, ["backend"]).get("backend"),
             precision=args.precision, batch_size=args.batch_size,
         )
+        written = write_evaluation(result, args.out) if args.out is not None else []
     except cli.LIBRARY_ERRORS as error:
         return cli.fail(error)
     if args.json:
         print(jsonio.dumps(result))
     else:
         _print_result(result)
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     if result["skipped"]:
         print(f"warning: {len(result['skipped'])} test image(s) could not be decoded and were left out, e.g. "
               f"{result['skipped'][0]['path']}: {result['skipped'][0]['reason']}", file=sys.stderr)

@@ -143,6 +143,24 @@ class PatchGeometry:
         last = min(self.grid - 1, pixel // self.stride)
         return range(first, last + 1)
 
+    def scaled_to(self, image_size: int) -> "PatchGeometry":
+        """These windows (on a feature map of side `self.image_size`) as they lie on an input of
+        side `image_size`: where a backbone's high-resolution map, a fraction of the image (or a
+        resize of it), puts the LNL head's windows on the photograph. The stride is rounded to
+        whole pixels (down where rounding up would leave gaps) and the patch takes the remainder,
+        so the windows still tile the image exactly. Same size: these windows themselves."""
+        image_size = _positive_int(image_size, "image_size")
+        if image_size == self.image_size:
+            return self
+        n = self.grid
+        if n == 1:
+            return PatchGeometry(image_size, 1, image_size, image_size)
+        exact = Fraction(self.stride * image_size, self.image_size)
+        stride = round(exact)
+        if image_size - (n - 1) * stride < stride:
+            stride = int(exact)  # floor: the patch, image_size - (n-1)·stride, is then at least the stride
+        return PatchGeometry(image_size, n, image_size - (n - 1) * stride, stride)
+
     def __str__(self) -> str:
         return (
             f"PatchGeometry({self.image_size}px, {self.grid}x{self.grid} windows of "

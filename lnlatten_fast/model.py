@@ -138,8 +138,8 @@ class LNLAttenNet(nn.Module):
                                              smallest_high_size(config.num_patches, config.overlap))
             self.head = LNLHead(self.backbone.high_channels, self.backbone.low_channels, self.backbone.high_size,
                                 config)
-            # Where the windows lie on the image (the head's lie on the high map): what the figures draw.
-            self.geometry = config.geometry
+            # Where the head's windows (on the high map) lie on the image: what the figures draw and occlude.
+            self.geometry = self.head.geometry.scaled_to(config.image_size)
             on_meta = any(p.is_meta for p in self.backbone.body.parameters())  # counted, not allocated
             if config.backbone_weights is not None and load_backbone_weights and not on_meta:
                 print(_load_backbone_weights(self.backbone.body, config.backbone_weights), flush=True)

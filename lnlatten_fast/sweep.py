@@ -1,11 +1,16 @@
-"""`python -m lnlatten_fast.sweep {variants,alpha,patches,overlap} --out DIR`: one of the paper's
-ablations (tables IV-VII), every setting trained and the table written.
+"""`python -m lnlatten_fast.sweep {variants,alpha,patches,overlap,backbones} --out DIR`: one of the
+paper's ablations (tables IV-VII), or the paper's U-Net beside other backbones under the LNL head,
+every setting trained and the table written.
 
 Any other flag is a `python -m lnlatten_fast.train` flag and goes to every run (`--dataset`,
 `--epochs`, `--preset`, `--image-size`, ...). Each (setting, seed) trains in DIR/<setting>/seed<k>
 as its own process, `--jobs` at a time; a rerun skips the finished ones and resumes the
 interrupted ones. DIR/table.md (the paper's layout, its numbers beside ours when the dataset is
 one of its) and DIR/table.csv are rewritten after every run.
+
+`backbones` trains the U-Net and each spec of `--backbones` (default: the DEFAULT_BACKBONES of
+lnlatten_fast.training.sweeps); a spec whose library does not import here is not trained, and
+its row, like the sweep's output, says why.
 
 The runs die with the sweep: SIGTERM or SIGINT is passed on to each (a second one kills them)
 and the sweep waits for them; on Linux each run also gets SIGTERM when the sweep is killed
@@ -39,11 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every other flag is passed to python -m lnlatten_fast.train (see its --help).",
         formatter_class=cli.HelpFormatter, allow_abbrev=False)  # "--seed" must reach train, not be --seeds
     p.add_argument("sweep", choices=sorted(sweeps.SWEEPS),
-                   help="variants: table IV; alpha: table V; patches (M): table VI; overlap (N): table VII")
+                   help="variants: table IV; alpha: table V; patches (M): table VI; overlap (N): table VII; "
+                        "backbones: the U-Net and --backbones, each with the LNL head")
     p.add_argument("--out", required=True, help="the sweep's directory: one run directory per setting and seed")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 per setting; the table gives mean ± std")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, as independent processes (each gets cores / jobs CPU threads)")
+    p.add_argument("--backbones", metavar="BACKBONE[,BACKBONE...]",
+                   help="backbones only: the backbones beside the U-Net, each a --backbone of train "
+                        f"(default: {','.join(sweeps.DEFAULT_BACKBONES)})")
     return p
 
 
@@ -57,25 +66,37 @@ def _refused(sweep: str) -> set[str]:
     return _OWN_FLAGS | swept
 
 
-def plan(sweep: str, passed: list[str]) -> dict:
+def plan(sweep: str, passed: list[str], settings_list: list[sweeps.Setting] | None = None) -> tuple[dict, dict]:
     """Check the passed-through train flags before anything runs, as train checks them before
-    it writes anything: every setting's settings, the device and the dataset on disk (shared:
-    once), and every setting's memory: {slug: TrainSettings}."""
+    it writes anything: every setting's settings (`settings_list`, the sweep's own unless
+    given), the device and the dataset on disk (shared: once), and every setting's memory.
+    ({slug: TrainSettings}, {slug: why it is not run}): a backbones row whose library does not
+    import here is not run."""
     parser = train.build_parser()
-    clashing = sorted(cli.given_flags(parser, passed) & _refused(sweep))
+    given = cli.given_flags(parser, passed)
+    clashing = sorted(given & _refused(sweep))
     if clashing:
         raise ParameterError(clashing[0], f"is set by the sweep {sweep} itself; leave it out")
-    planned = {}
-    for setting in sweeps.SWEEPS[sweep][1]:
+    if sweep == "backbones" and given & set(sweeps.BACKBONE_ONLY):
+        raise ParameterError(sorted(given & set(sweeps.BACKBONE_ONLY))[0],
+                             "is for one backbone, and the sweep backbones gives every row, the U-Net's "
+                             "included, the same flags: leave it out (each backbone starts untrained, at its "
+                             "family's default levels)")
+    planned, not_run = {}, {}
+    for setting in sweeps.SWEEPS[sweep][1] if settings_list is None else settings_list:
         settings = train.settings_from_args(parser.parse_args([*passed, *_setting_flags(setting), "--out", "unused"]))
         settings.validate()  # a setting this image size cannot hold fails here, by name
-        planned[setting.slug] = settings
+        reason = sweeps.backbone_not_run(settings.model) if sweep == "backbones" else None
+        if reason is None:
+            planned[setting.slug] = settings
+        else:
+            not_run[setting.slug] = reason
     shared = next(iter(planned.values()))  # the settings differ only in the swept model fields
     device = distributed.pick_device(shared.device)
     sweeps.check_dataset(shared)
     for settings in planned.values():
         memory.check_memory(settings, device)
-    return planned
+    return planned, not_run
 
 
 def _command(setting: sweeps.Setting, seed: int, directory: Path, passed: list[str]) -> list[str]:
@@ -124,15 +145,24 @@ def _stop_runs(running: list, signals: list[int]) -> None:
         time.sleep(0.1)
 
 
-def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
-    planned = plan(sweep, passed)
-    parameters = {slug: sweeps.parameter_count(settings.model) for slug, settings in planned.items()}
+def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str],
+        settings_list: list[sweeps.Setting] | None = None) -> int:
+    settings_list = sweeps.SWEEPS[sweep][1] if settings_list is None else settings_list
+    planned, not_run = plan(sweep, passed, settings_list)
+    split = {slug: sweeps.parameter_split(settings.model) for slug, settings in planned.items()}
+    parameters = {setting.slug: sum(split[setting.slug]) if setting.slug in split else None
+                  for setting in settings_list}
     dataset = next(iter(planned.values())).dataset
     out.mkdir(parents=True, exist_ok=True)
-    todo = [(setting, seed) for setting in sweeps.SWEEPS[sweep][1] for seed in range(seeds)
+    trained = [setting for setting in settings_list if setting.slug in planned]
+    todo = [(setting, seed) for setting in trained for seed in range(seeds)
             if not sweeps.is_finished(sweeps.run_dir(out, setting, seed))]
-    done = len(sweeps.SWEEPS[sweep][1]) * seeds - len(todo)
-    print(f"sweep {sweep}: {len(todo)} run(s) to train, {done} finished before", flush=True)
+    done = len(trained) * seeds - len(todo)
+    print(f"sweep {sweep}: {len(todo)} run(s) to train, {done} finished before"
+          + (f", {len(not_run)} setting(s) not run" if not_run else ""), flush=True)
+    for setting in settings_list:
+        if setting.slug in not_run:
+            print(f"  {setting.name}: not run: {not_run[setting.slug]}", flush=True)
     env = dict(os.environ)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:  # jobs processes share the cores, not each take all
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
@@ -141,7 +171,8 @@ def run(sweep: str, out: Path, seeds: int, jobs: int, passed: list[str]) -> int:
     signals: list[int] = []  # SIGTERM / SIGINT received, in order
 
     def write_tables() -> tuple[Path, Path]:
-        rows = sweeps.collect(out, sweep, list(range(seeds)), parameters)
+        rows = sweeps.collect(out, sweep, list(range(seeds)), parameters, settings_list,
+                              split if sweep == "backbones" else None, not_run)
         return sweeps.write_tables(out, sweep, rows, dataset, description)
     failed: list[tuple[str, Path]] = []
 
@@ -214,8 +245,13 @@ def main(argv=None) -> int:
         parser.error("--seeds must be >= 1")
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    if args.backbones is not None and args.sweep != "backbones":
+        parser.error(f"--backbones is for the sweep backbones, not {args.sweep}")
     try:
-        return run(args.sweep, Path(args.out), args.seeds, args.jobs, passed)
+        settings_list = None
+        if args.sweep == "backbones" and args.backbones is not None:
+            settings_list = sweeps.backbone_settings(spec.strip() for spec in args.backbones.split(","))
+        return run(args.sweep, Path(args.out), args.seeds, args.jobs, passed, settings_list)
     except cli.LIBRARY_ERRORS as error:
         return cli.fail(error)
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import cli
+from . import cli, jsonio
 from .config import PRESETS, LNLConfig
 from .errors import MissingPathError, ParameterError, TrainingDivergedError, as_flag
 from .data.datasets import DATASETS
@@ -220,7 +220,7 @@ def _unsettable_differences(table: dict, flags: set[str]) -> dict:
         else:
             differing[name] = value
             continue
-        if json.loads(json.dumps(expected)) != value:  # as JSON holds it: tuples are lists
+        if json.loads(jsonio.dumps(expected)) != value:  # as JSON holds it: tuples are lists
             differing[name] = value
     return differing
 

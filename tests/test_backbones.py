@@ -160,6 +160,16 @@ def test_backbone_specs_and_missing_libraries(monkeypatch):
             build_backbone(f"{library}:resnet18")
 
 
+def test_the_models_windows_on_the_image_are_the_heads_scaled_up():
+    """What predict's heat maps, the localisation summary, TensorBoard and analyze draw and
+    occlude: the head's windows (8 px every 4 on the stand-in's 20 px layer1 at 80 px, by hand)
+    times 4, not the config's own 80 px lattice (26 px every 18)."""
+    model = LNLAttenNet(backbone_config("resnet18_standin", image_size=80), load_backbone_weights=False)
+    assert model.head.geometry == PatchGeometry(20, 4, 8, 4)
+    assert model.geometry == PatchGeometry(80, 4, 32, 16)
+    assert LNLConfig.tiny(image_size=80).geometry != model.geometry
+
+
 def test_config_and_state_dict_rebuild_the_same_network():
     torch.manual_seed(0)
     model = LNLAttenNet(backbone_config("convnext_tiny_standin", backbone_levels=("stages.1", "stages.3"))).eval()

@@ -14,6 +14,9 @@ Figs. 8-9, the final-epoch confusion matrix with class names, are the run's one
 RUN_DIR/confusion_matrix.png, which `train` writes when the run finishes; it is drawn there from
 the last finished epoch only where the run holds none (a K-fold run's fold, a stopped run).
 
+w_g and w_l are the LNL head's, on a `backbone` run as on the U-Net's; the windows the figures
+show and occlude are the head's, where they lie on the image (the model's `geometry`).
+
 Fig. 14 compares runs that differ only in α: an `alpha_runs` run whose settings differ from
 the main run's in anything outside ALPHA_RUNS_MAY_DIFFER is refused, naming the fields.
 """

@@ -3,6 +3,7 @@
     from lnlatten_fast.training.evaluation import evaluate_checkpoint
     result = evaluate_checkpoint("runs/rafdb-paper/best.pt")
     result["accuracy"], result["recorded_test_accuracy"]
+    write_evaluation(result, "runs/rafdb-paper/evaluation")  # evaluation.json, confusion_matrix.png
 """
 
 from __future__ import annotations
@@ -12,16 +13,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import figures, jsonio
 from ..data.cache import ImageSet
 from ..data.pipeline import BatchLoader
+from ..errors import ParameterError
 from ..model import LNLAttenNet
 from . import distributed, metrics
+from .analysis import CONFUSION_FILE
 from .inference import checkpoint_file, load_model
 from .loading import load_test_split
 from .precision import autocast, resolve_precision
 from .settings import TrainSettings
 
-__all__ = ["evaluate", "evaluate_checkpoint", "per_class"]
+__all__ = ["EVALUATION_FILE", "evaluate", "evaluate_checkpoint", "per_class", "write_evaluation"]
+
+#: The JSON `write_evaluation` writes: everything `evaluate_checkpoint` returns.
+EVALUATION_FILE = "evaluation.json"
 
 
 def per_class(confusion: list[list[int]], unscored: list[int], names: list[str]) -> dict[str, dict]:
@@ -101,3 +108,24 @@ def evaluate_checkpoint(
         per_class=per_class(result["confusion"], result["unscored"], payload["class_names"]),
     )
     return result
+
+
+def write_evaluation(result: dict, out) -> list[Path]:
+    """`evaluate_checkpoint`'s `result` as files in the folder `out` (created): EVALUATION_FILE
+    (the result, the confusion counts and per-class accuracy with it) and the confusion matrix
+    figure under the one name a run gives it (CONFUSION_FILE). A training run's own directory is
+    refused: its CONFUSION_FILE is the run's final epoch, not this evaluation."""
+    out = Path(out)
+    if (out / "config.json").is_file():
+        raise ParameterError("out", f"{out} is a training run's directory (it holds config.json), whose "
+                                    f"{CONFUSION_FILE} is the run's own: give another folder")
+    json_path = out / EVALUATION_FILE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(jsonio.dumps(result, indent=2))
+    except OSError as error:
+        raise ParameterError("out", f"{out}: cannot write {EVALUATION_FILE} there ({error.strerror or error})") from None
+    checkpoint = Path(result["checkpoint"])
+    title = f"{result['dataset']} test set: {checkpoint.parent.name}/{checkpoint.name}, epoch {result['epoch']}"
+    return [json_path, figures.confusion_matrix(result["confusion"], list(result["per_class"]), out / CONFUSION_FILE,
+                                                title)]

@@ -1,4 +1,5 @@
-"""The paper's ablations (tables IV-VII) as sweeps of training runs, and their tables.
+"""The paper's ablations (tables IV-VII) as sweeps of training runs, and their tables; and the
+`backbones` table: the paper's U-Net next to other backbones under the same LNL head.
 
 A sweep is a list of settings, each a few LNLConfig fields on top of whatever else the run is
 given; every (setting, seed) trains in its own run directory, OUT/<setting>/seed<k>, so a
@@ -10,27 +11,35 @@ at the paper's P = 48 is the same network.
 The number reported is the paper's: each run's mean test accuracy over its last 10 epochs
 (all of them for a run of E < 10: min(10, E), as the tables say), then mean ± std over seeds
 (the std left blank for one seed).
+
+The backbones table's rows are the paper's U-Net and each backbone spec it is given
+(:func:`backbone_settings`). A spec whose library (timm, torchvision) does not import here is
+not trained: its row says "not run" and why, so the table never drops a backbone silently.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import LNLConfig
+from ..config import FAMILIES, UNET, LNLConfig, check_backbone_spec
 from ..data.datasets import SYNTHETIC
 from ..data.sources import list_dataset
+from ..errors import ParameterError
 from ..model import LNLAttenNet, count_parameters
 from . import metrics
 from .settings import TrainSettings
 from .trainer import LAST_EPOCHS_AVERAGED
 
-__all__ = ["Setting", "SWEEPS", "PAPER", "PAPER_DATASETS", "run_dir", "is_finished", "parameter_count",
+__all__ = ["Setting", "SWEEPS", "PAPER", "PAPER_DATASETS", "DEFAULT_BACKBONES", "BACKBONE_ONLY", "run_dir",
+           "is_finished", "backbone_settings", "parameter_split", "parameter_count", "backbone_not_run",
            "check_dataset", "collect", "write_tables"]
 
 
@@ -45,7 +54,34 @@ def _natural(**fields) -> dict:
     return dict(fields, local_feature_size=None)
 
 
-#: Every sweep: the swept quantity's label and its settings, in the paper's order.
+#: The backbones table's rows after the U-Net unless others are given: ResNet-18, ResNet-50 and
+#: ConvNeXt-T, families whose levels lnlatten_fast.backbones chooses and whose models take any
+#: input size (timm builds a ViT for one size: name one only at that `image_size`).
+DEFAULT_BACKBONES = ("torchvision:resnet18", "torchvision:resnet50", "timm:convnext_tiny")
+#: Train fields that fit one backbone, not the U-Net row and every backbone alike.
+BACKBONE_ONLY = ("backbone_levels", "backbone_weights", "freeze_backbone_epochs", "backbone_lr_scale")
+_LIBRARY_FAMILIES = tuple(family for family in FAMILIES if family != "module")
+
+
+def backbone_settings(specs) -> list[Setting]:
+    """The backbones table's rows: the paper's U-Net, then each of the backbone `specs` in order
+    (unet or a repeated spec once). ParameterError("backbones") for a malformed spec."""
+    rows = {UNET: Setting(UNET, UNET, dict(backbone=UNET))}
+    for spec in specs:
+        try:
+            check_backbone_spec(spec)
+        except ParameterError as error:
+            raise ParameterError("backbones", error.problem) from None
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", spec)  # a directory name on every file system
+        clash = next((row.name for row in rows.values() if row.slug == slug and row.name != spec), None)
+        if clash is not None:
+            raise ParameterError("backbones", f"{clash} and {spec} would share the run directory {slug}")
+        rows.setdefault(spec, Setting(spec, slug, dict(backbone=spec)))
+    return list(rows.values())
+
+
+#: Every sweep: the swept quantity's label and its settings, in the paper's order (the backbones
+#: table's: the defaults, see `backbone_settings`).
 SWEEPS: dict[str, tuple[str, list[Setting]]] = {
     "variants": ("model", [
         Setting("Model-S", "simple", dict(variant="simple")),
@@ -56,8 +92,9 @@ SWEEPS: dict[str, tuple[str, list[Setting]]] = {
     "alpha": ("α", [Setting(f"{a / 10:g}", f"alpha-{a / 10:.1f}", dict(alpha=a / 10)) for a in range(11)]),
     "patches": ("M", [Setting(str(m), f"M-{m}", _natural(num_patches=m)) for m in (4, 9, 16, 25, 36)]),
     "overlap": ("N", [Setting(str(n), f"N-{n}", _natural(overlap=n)) for n in (4, 8, 12, 16, 20, 24)]),
+    "backbones": ("backbone", backbone_settings(DEFAULT_BACKBONES)),
 }
-TABLES = {"variants": "IV", "alpha": "V", "patches": "VI", "overlap": "VII"}
+TABLES = {"variants": "IV", "alpha": "V", "patches": "VI", "overlap": "VII"}  # the backbones table is ours
 
 #: Our dataset names -> the column or row the paper's tables give them.
 PAPER_DATASETS = {"affectnet": "AffectNet", "rafdb": "RAF", "sfew": "SFEW", "ckplus": "CK+"}
@@ -90,6 +127,7 @@ PAPER: dict[str, dict[str, dict[str, float]]] = {
     },
     "overlap": {"RAF": dict(zip(("4", "8", "12", "16", "20", "24"), (84.63, 84.96, 85.29, 86.15, 86.16, 86.24)))},
 }
+PAPER["backbones"] = {row: {UNET: values["LNLAttenNet"]} for row, values in PAPER["variants"].items()}
 
 
 #: The localisation figures (synthetic runs) a table shows beside the accuracy.
@@ -104,10 +142,49 @@ def is_finished(directory: Path) -> bool:
     return (Path(directory) / "summary.json").is_file()
 
 
+def parameter_split(config: LNLConfig) -> tuple[int, int]:
+    """The model's (backbone, head) parameters, counted without allocating them: the U-Net's or
+    the backbone's, and the LNL head's."""
+    with torch.device("meta"):
+        model = LNLAttenNet(config)
+    head = count_parameters(model.head)
+    return count_parameters(model) - head, head
+
+
 def parameter_count(config: LNLConfig) -> int:
     """The model's parameters, counted without allocating them."""
-    with torch.device("meta"):
-        return count_parameters(LNLAttenNet(config))
+    return sum(parameter_split(config))
+
+
+def _library_missing(spec: str) -> bool:
+    family, _ = check_backbone_spec(spec)
+    if family not in _LIBRARY_FAMILIES:
+        return False
+    try:
+        importlib.import_module(family)
+    except Exception:  # noqa: BLE001 - a broken install fails in many ways (torchvision: RuntimeError)
+        return True
+    return False
+
+
+def backbone_not_run(config: LNLConfig) -> str | None:
+    """A backbones-table row checked before anything trains: None when `config.backbone` builds,
+    the one-line reason when its library does not import here. Anything else wrong with the
+    spec (a module that does not import, an unknown model, a backbone without default levels,
+    one that fails as it builds) is ParameterError("backbones") naming the spec."""
+    spec = config.backbone
+    try:
+        parameter_split(config)
+        return None
+    except ParameterError as error:
+        if error.parameter == "backbone" and _library_missing(spec):
+            return error.problem
+        # build_backbone's problems name the spec; another parameter's is quoted to show as its flag
+        problem = error.problem if error.parameter == "backbone" else f"{spec}: `{error.parameter}` {error.problem}"
+        raise ParameterError("backbones", problem) from None
+    except Exception as error:  # noqa: BLE001 - the user's callable or the library failing as it builds
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise ParameterError("backbones", f"{spec} fails as it builds ({type(error).__name__}: {reason})") from None
 
 
 def check_dataset(settings: TrainSettings) -> None:
@@ -117,12 +194,15 @@ def check_dataset(settings: TrainSettings) -> None:
         list_dataset(settings.dataset, settings.data_root)
 
 
-def collect(out: Path, sweep: str, seeds: list[int], parameters: dict[str, int]) -> list[dict]:
-    """One row per setting: its parameter count (`parameters`, by slug), the finished seeds'
-    accuracies (%) and how many epochs each of them averaged (`averaged`: min(10, E), None for
-    a summary that does not say)."""
+def collect(out: Path, sweep: str, seeds: list[int], parameters: dict[str, int | None],
+            settings: list[Setting] | None = None, split: dict[str, tuple[int, int] | None] | None = None,
+            not_run: dict[str, str] | None = None) -> list[dict]:
+    """One row per setting (`settings`, the sweep's own unless given): its parameter count
+    (`parameters`, by slug; `split` into backbone and head, by slug, where given), the finished
+    seeds' accuracies (%), how many epochs each of them averaged (`averaged`: min(10, E), None
+    for a summary that does not say) and, for a setting in `not_run`, why it was not trained."""
     rows = []
-    for setting in SWEEPS[sweep][1]:
+    for setting in SWEEPS[sweep][1] if settings is None else settings:
         accuracies, averaged, localizations = [], [], []
         for seed in seeds:
             path = run_dir(out, setting, seed) / "summary.json"
@@ -141,16 +221,25 @@ def collect(out: Path, sweep: str, seeds: list[int], parameters: dict[str, int])
         for key in LOCALIZATION_COLUMNS:  # synthetic runs: how well w_g finds the cues, mean over seeds
             values = [found[key] for found in localizations if found.get(key) is not None]
             row[key] = sum(values) / len(values) if values else None
+        if split is not None:
+            row["backbone_parameters"], row["head_parameters"] = split.get(setting.slug) or (None, None)
+        row["not_run"] = (not_run or {}).get(setting.slug)
         rows.append(row)
     return rows
 
 
 def _cell(row: dict) -> str:
+    if row.get("not_run"):
+        return "not run: " + row["not_run"].replace("|", "\\|")  # a | would end the markdown cell
     if not row["seeds"]:
         return "—"
     if row["seeds"] == 1:
         return f"{row['accuracy_mean']:.2f}"
     return f"{row['accuracy_mean']:.2f} ± {row['accuracy_std']:.2f}"
+
+
+def _count(value) -> str:
+    return "—" if value is None else f"{value:,}"
 
 
 def _number(value) -> str:
@@ -177,17 +266,23 @@ def write_tables(out: Path, sweep: str, rows: list[dict], dataset: str, descript
     paper_row = PAPER_DATASETS.get(dataset)
     paper = PAPER[sweep].get(paper_row, {}) if paper_row else {}
     seeds = max((row["seeds"] for row in rows), default=0)
-    title = (f"Table {TABLES[sweep]} on {dataset}: test accuracy (%), mean of {_averaged_epochs(rows)}"
+    table_name = f"Table {TABLES[sweep]}" if sweep in TABLES else f"The {sweep} table"
+    title = (f"{table_name} on {dataset}: test accuracy (%), mean of {_averaged_epochs(rows)}"
              + (f", mean ± std over {seeds} seeds" if seeds > 1 else ""))
     lines = [f"# {title}", "", description, ""]
-    if sweep == "variants":  # the paper's table IV: one row per model
+    backbones = sweep == "backbones"
+    if sweep == "variants" or backbones:  # the paper's table IV, and ours like it: one row per model
         localized = any(row["crucial_mass_ratio"] is not None for row in rows)
-        head = ["model", "parameters", f"ours ({dataset})"] + ([f"paper ({paper_row})"] if paper else [])
+        head = [label if backbones else "model", "parameters"]
+        head += ["backbone parameters", "head parameters"] if backbones else []
+        head += [f"ours ({dataset})"] + ([f"paper ({paper_row})"] if paper else [])
         head += ["w_g mass on cues (× uniform)", "Spearman(w_g, cue area)"] if localized else []
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in rows:
-            cells = [row["setting"], f"{row['parameters']:,}", _cell(row)]
-            cells += [f"{paper[row['setting']]:.2f}"] if paper else []
+            cells = [row["setting"], _count(row["parameters"])]
+            cells += [_count(row.get("backbone_parameters")), _count(row.get("head_parameters"))] if backbones else []
+            cells += [_cell(row)]
+            cells += [_number(paper.get(row["setting"]))] if paper else []
             cells += [_number(row["crucial_mass_ratio"]), _number(row["crucial_rank_corr"])] if localized else []
             lines.append("| " + " | ".join(cells) + " |")
     else:  # tables V-VII: the swept value across, one row per quantity
@@ -205,11 +300,14 @@ def write_tables(out: Path, sweep: str, rows: list[dict], dataset: str, descript
     table = out / "table.csv"
     with open(table, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow([label, "parameters", "seeds", "accuracy_mean", "accuracy_std", "paper", *LOCALIZATION_COLUMNS])
+        own = ["backbone_parameters", "head_parameters", "not_run"] if backbones else []
+        writer.writerow([label, "parameters", "seeds", "accuracy_mean", "accuracy_std", "paper", *LOCALIZATION_COLUMNS,
+                         *own])
         for row in rows:
-            writer.writerow([row["setting"], row["parameters"], row["seeds"],
+            writer.writerow([row["setting"], "" if row["parameters"] is None else row["parameters"], row["seeds"],
                              "" if not row["seeds"] else f"{row['accuracy_mean']:.4f}",
                              "" if row["accuracy_std"] is None else f"{row['accuracy_std']:.4f}",
                              paper.get(row["setting"], ""),
-                             *("" if row[key] is None else f"{row[key]:.4f}" for key in LOCALIZATION_COLUMNS)])
+                             *("" if row[key] is None else f"{row[key]:.4f}" for key in LOCALIZATION_COLUMNS),
+                             *("" if row.get(key) is None else row[key] for key in own)])
     return markdown, table
