@@ -187,7 +187,8 @@ def test_alpha_runs_of_another_patch_count_are_refused_naming_the_field(tmp_path
 
 def test_alpha_runs_may_differ_in_seed_and_place(tmp_path):
     main = fake_run(tmp_path / "main", alpha=0.7)
-    other = fake_run(tmp_path / "sweep" / "alpha-0.2" / "seed1", alpha=0.2, seed=1, device="cpu", trace_every=10)
+    other = fake_run(tmp_path / "sweep" / "alpha-0.2" / "seed1", alpha=0.2, seed=1, device="cpu", trace_every=10,
+                     tensorboard=True)
     assert analysis.check_alpha_runs(main, [str(other)]) == [other]
 
 

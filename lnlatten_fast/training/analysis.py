@@ -49,7 +49,7 @@ CONFUSION_FILE = "confusion_matrix.png"
 #: display). What and how long it learnt, on which data and probes, must match.
 ALPHA_RUNS_MAY_DIFFER = frozenset({
     "alpha", "seed", "out", "resume", "restart", "device", "workers", "cache_dir", "compile", "cuda_graphs",
-    "deterministic", "precision", "backend", "strict", "trace_every", "progress",
+    "deterministic", "precision", "backend", "strict", "trace_every", "progress", "tensorboard",
 })
 #: How many probe faces get an occlusion figure (fig. 13).
 OCCLUSION_FACES = 2
