@@ -238,6 +238,69 @@ def test_sigterm_then_resume_with_the_recipes_on_reproduces_the_uninterrupted_ru
     assert train_cli.main(["--resume", "--out", str(out), "--ema", "0.5"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --ema cannot change when resuming: the run has 0.9, not 0.5")
+    # Nor may a cosine run's length: the lr curve it followed was the 2-epoch one.
+    assert train_cli.main(["--resume", "--out", str(out), "--epochs", "3"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --epochs cannot change when resuming a --schedule cosine run")
+
+
+def test_the_trainer_trains_with_the_recipes_it_is_given(tmp_path, monkeypatch):
+    """The flags reach the step the trainer runs: its loss is label smoothing's closed form,
+    every batch it gets is mixed (two-class targets), and it clips at the bound given."""
+    from lnlatten_fast.training import trainer
+
+    seen = {"targets": []}
+
+    class RecordingStep(TrainStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen["step"] = self
+
+        def __call__(self, x, y):
+            seen["targets"].append(y.detach().clone())
+            return super().__call__(x, y)
+
+    monkeypatch.setattr(trainer, "TrainStep", RecordingStep)
+    argv = ["--image-size", "32", "--epochs", "1", "--batch-size", "4", "--synthetic-train", "8",
+            "--synthetic-test", "7", "--trace-every", "0", "--progress", "none", "--out", str(tmp_path / "run"),
+            "--cache-dir", str(tmp_path / "cache"), "--label-smoothing", "0.2", "--mixup", "0.4",
+            "--clip-grad-norm", "2"]
+    assert train_cli.main(argv) == 0
+    step = seen["step"]
+    assert step.clip_grad_norm == 2.0
+    torch.manual_seed(6)
+    logits = torch.randn(3, 7, dtype=torch.float64)
+    target = torch.softmax(torch.randn(3, 7, dtype=torch.float64), dim=1)
+    smoothed = 0.8 * target + 0.2 / 7
+    expected = -(smoothed * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    assert torch.allclose(step.loss_fn(logits, target, None, l2_lambda=0.0), expected, rtol=1e-12)
+    trained = seen["targets"][-2:]  # the epoch's two steps (a warm-up step may come first)
+    assert len(trained) == 2 and all(t.shape == (4, 7) and t.dtype.is_floating_point for t in trained)
+    assert all(torch.allclose(t.sum(dim=1), torch.ones(4, dtype=t.dtype)) for t in trained)
+    assert any(((t > 0).sum(dim=1) == 2).any() for t in trained)  # an image's two labels, mixed
+
+
+def test_an_ema_runs_checkpoints_are_used_with_its_ema_weights(tmp_path, capsys):
+    """evaluate, predict, export and analyze load the weights the run evaluated: a last.pt's EMA
+    (its raw weights are for resuming), so evaluate --which last finds the recorded accuracy."""
+    import json
+
+    from lnlatten_fast import evaluate as evaluate_cli
+    from lnlatten_fast.training.inference import load_model
+
+    run = tmp_path / "run"
+    argv = ["--image-size", "32", "--epochs", "1", "--batch-size", "4", "--synthetic-train", "8",
+            "--synthetic-test", "7", "--trace-every", "0", "--progress", "none", "--out", str(run),
+            "--cache-dir", str(tmp_path / "cache"), "--ema", "0.5"]
+    assert train_cli.main(argv) == 0
+    payload = checkpoint.load(run / "last.pt")
+    assert any(not torch.equal(payload["ema"][k], payload["model"][k]) for k in payload["model"])
+    model, _ = load_model(run / "last.pt", torch.device("cpu"))
+    assert all(torch.equal(v, payload["ema"][k]) for k, v in model.state_dict().items())
+    capsys.readouterr()
+    assert evaluate_cli.main(["--checkpoint", str(run), "--which", "last", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == pytest.approx(payload["history"][-1]["test_accuracy"], abs=1e-12)
 
 
 @pytest.mark.parametrize("argv, flag", [

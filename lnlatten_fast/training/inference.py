@@ -73,7 +73,8 @@ def class_names(payload: dict, path) -> list[str]:
 def load_model(path, device: torch.device, backend: str | None = None) -> tuple[LNLAttenNet, dict]:
     """The checkpoint's model in eval mode on `device` (on `backend`, default the run's), and the
     checkpoint's payload, its `class_names` checked against the model. `path` is a checkpoint
-    file or a run directory (its best.pt)."""
+    file or a run directory (its best.pt). A last.pt of an `ema` run gives the EMA's weights,
+    the ones its epochs were evaluated with (its raw weights are there for resuming)."""
     path = checkpoint_file(path)
     payload = checkpoint.load(path)
     config = LNLConfig.from_dict(payload["config"])
@@ -85,7 +86,7 @@ def load_model(path, device: torch.device, backend: str | None = None) -> tuple[
         raise ParameterError("backend", f"{config.backend!r} cannot run on {device}: "
                              f"{str(error).split(': ', 1)[-1]}") from None
     model = LNLAttenNet(config, load_backbone_weights=False)  # the checkpoint holds the backbone's weights
-    expected, found = model.state_dict(), payload["model"]
+    expected, found = model.state_dict(), payload.get("ema", payload["model"])
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")

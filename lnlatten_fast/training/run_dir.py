@@ -234,6 +234,15 @@ def _refuse(name: str, stored, wanted) -> ParameterError:
         + ", ".join(f"`{n}`" for n in ("epochs", "device", "workers", "out")) + " may change)")
 
 
+def _refuse_a_longer_cosine(stored: TrainSettings, epochs: int) -> None:
+    """The cosine schedule's length is the run's epochs: another --epochs would bend the lr
+    curve mid-run (a 10-epoch run at lr ~0 jumping back up to finish 20), not extend it."""
+    if stored.schedule == "cosine" and epochs != stored.epochs:
+        raise ParameterError("epochs", f"cannot change when resuming a `schedule` cosine run: its cosine spans "
+                                       f"the run's {stored.epochs} epochs, and {epochs} would reshape the lr curve "
+                                       "it has followed so far (start a new run for a longer schedule)")
+
+
 def resumed_settings(run_dir: Path, changes: dict) -> TrainSettings:
     """The stored run's settings with `changes` (field -> value, model fields included) applied.
     A change to a field outside RESUMABLE_CHANGES that differs from the run's is refused."""
@@ -247,6 +256,7 @@ def resumed_settings(run_dir: Path, changes: dict) -> TrainSettings:
     for name, value in run_changes.items():
         if name not in RESUMABLE_CHANGES and getattr(stored, name) != value:
             raise _refuse(name, getattr(stored, name), value)
+    _refuse_a_longer_cosine(stored, run_changes.get("epochs", stored.epochs))
     return dataclasses.replace(stored, **{**run_changes, "resume": True})
 
 
@@ -257,4 +267,5 @@ def check_resume(run_dir: Path, settings: TrainSettings) -> TrainSettings:
     stored.validate()
     for name, a, b in _differences(stored, settings):
         raise _refuse(name, a, b)
+    _refuse_a_longer_cosine(stored, settings.epochs)
     return dataclasses.replace(stored, **{name: getattr(settings, name) for name in RESUMABLE_CHANGES})
