@@ -8,7 +8,9 @@ A backbone spec names where the module comes from (:func:`build_backbone`):
 - ``unet``: the paper's U-Net (built by :class:`~lnlatten_fast.model.LNLAttenNet` itself, not here);
 - ``module:<importable.module>:<callable>``: the user's own; the callable, called without
   arguments, returns the nn.Module;
-- ``timm:<name>``: ``timm.create_model(name, pretrained=False, num_classes=0)``;
+- ``timm:<name>``: ``timm.create_model(name, pretrained=False, num_classes=0)``, with
+  ``dynamic_img_size=True`` where the model takes it (a ViT then runs at any image size, its
+  position embedding resampled, and still loads a state_dict saved at its own size);
 - ``torchvision:<name>``: ``torchvision.models.get_model(name, weights=None)``.
 
 Nothing is downloaded: the library families build untrained modules, and weights come from a
@@ -94,7 +96,10 @@ def build_backbone(spec: str) -> nn.Module:
     elif family == "timm":
         timm = _import_library("timm", spec)
         try:
-            built = timm.create_model(rest, pretrained=False, num_classes=0)
+            try:  # a ViT built for 224 px refuses other sizes; dynamic_img_size resamples its position embedding
+                built = timm.create_model(rest, pretrained=False, num_classes=0, dynamic_img_size=True)
+            except TypeError:  # a model with no position embedding takes no such argument
+                built = timm.create_model(rest, pretrained=False, num_classes=0)
         except RuntimeError as error:  # timm: "Unknown model (name)"
             raise ParameterError("backbone", f"{spec}: {error}") from None
     else:

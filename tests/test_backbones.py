@@ -312,6 +312,20 @@ def test_real_library_families(spec, high, low):
         assert tuple(model(torch.randn(1, 3, 224, 224)).logits.shape) == (1, 7)
 
 
+def test_real_timm_vit_runs_at_the_runs_image_size_and_loads_a_224_px_state_dict(tmp_path, capsys):
+    """timm builds ViT-S/16 for 224 px and refuses 96 px unless its position embedding is
+    resampled; a file saved from the library's own 224 px model still loads whole."""
+    timm = import_family("timm")
+    weights = tmp_path / "vit.pt"
+    torch.save(timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).state_dict(), weights)
+    model = LNLAttenNet(LNLConfig.tiny(image_size=96, backbone="timm:vit_small_patch16_224",
+                                       backbone_weights=str(weights))).eval()
+    assert "missing 0; unexpected 0" in capsys.readouterr().out
+    assert (model.backbone.low_channels, model.backbone.low_size) == (384, 6)  # 96 / 16 tokens a side
+    with torch.no_grad():
+        assert tuple(model(torch.randn(2, 3, 96, 96)).logits.shape) == (2, 7)
+
+
 def library_resnet18(library):
     if library == "torchvision":
         return import_family("torchvision").models.resnet18(weights=None)
