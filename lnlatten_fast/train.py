@@ -8,7 +8,6 @@ Under `torchrun --nproc_per_node N -m lnlatten_fast.train ...` it trains data-pa
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path

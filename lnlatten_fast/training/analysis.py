@@ -36,12 +36,10 @@ from .inference import load_model, predict
 from .loading import load_test_split
 from .settings import TrainSettings
 
-__all__ = ["FIGURES", "CONFUSION_FILE", "OCCLUSION_FACES", "ALPHA_RUNS_MAY_DIFFER", "analyze_run",
+__all__ = ["FIGURES", "OCCLUSION_FACES", "ALPHA_RUNS_MAY_DIFFER", "analyze_run",
            "final_nonlocal_weights", "check_alpha_runs"]
 
 FIGURES = "figures"
-#: The run's confusion-matrix figure, as `train` names it (one per run directory).
-CONFUSION_FILE = "confusion_matrix.png"
 #: What an `alpha_runs` run may differ in from the main run besides α (model.alpha): the seed
 #: (a sweep's runs at each α), what names the run (out, resume, restart), and where and how fast
 #: the same training ran (device, workers, cache, compile, CUDA graphs, cuDNN's algorithms,
@@ -178,7 +176,7 @@ def analyze_run(run_dir, alpha_runs=(), device: str = "auto", checkpoint: str = 
 def _confusion_figure(run_dir: Path, settings: TrainSettings, class_names: list[str]) -> Path:
     """The run's confusion_matrix.png: the one `train` wrote, else (a fold of a K-fold run, or a
     run stopped before its end) drawn there from the last finished epoch."""
-    path = run_dir / CONFUSION_FILE
+    path = run_dir / runs.CONFUSION_FILE
     if not path.is_file():
         record = _last_record(run_dir)
         figures.confusion_matrix(

@@ -19,7 +19,7 @@ from ..data.pipeline import BatchLoader
 from ..errors import ParameterError
 from ..model import LNLAttenNet
 from . import distributed, metrics
-from .analysis import CONFUSION_FILE
+from .run_dir import CONFUSION_FILE
 from .inference import checkpoint_file, load_model
 from .loading import load_test_split
 from .precision import autocast, resolve_precision
@@ -34,11 +34,9 @@ EVALUATION_FILE = "evaluation.json"
 def per_class(confusion: list[list[int]], unscored: list[int], names: list[str]) -> dict[str, dict]:
     """{class name: {"images": its test images, "accuracy": the share of them predicted as it
     (None where it has none)}}, the classes in model order; `unscored` images are wrong."""
-    result = {}
-    for index, name in enumerate(names):
-        images = sum(confusion[index]) + unscored[index]
-        result[name] = {"images": images, "accuracy": confusion[index][index] / images if images else None}
-    return result
+    recall, support = metrics.class_recall(torch.tensor(confusion), torch.tensor(unscored))
+    return {name: {"images": int(support[index]), "accuracy": recall[index].item() if support[index] else None}
+            for index, name in enumerate(names)}
 
 
 @torch.no_grad()

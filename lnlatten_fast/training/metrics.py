@@ -18,15 +18,21 @@ def accuracy(confusion: torch.Tensor, unscored: torch.Tensor | None = None) -> f
     return confusion.diag().sum().item() / total if total else float("nan")
 
 
-def mean_class_accuracy(confusion: torch.Tensor, unscored: torch.Tensor | None = None) -> float:
-    """Mean of per-class recall over the classes present in the targets (`unscored` as in
-    `accuracy`: in the support, never correct)."""
+def class_recall(confusion: torch.Tensor, unscored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class (model order): the share of its images predicted as it (fp64; NaN for a class
+    with no images) and how many images it has (`unscored` as in `accuracy`: in the support,
+    never correct)."""
     support = confusion.sum(dim=1) + (0 if unscored is None else unscored.to(confusion.device))
+    return confusion.diag().double() / support.double(), support
+
+
+def mean_class_accuracy(confusion: torch.Tensor, unscored: torch.Tensor | None = None) -> float:
+    """Mean of per-class recall over the classes present in the targets."""
+    recall, support = class_recall(confusion, unscored)
     present = support > 0
     if not present.any():
         return float("nan")
-    recall = confusion.diag()[present].double() / support[present].double()
-    return recall.mean().item()
+    return recall[present].mean().item()
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -25,9 +25,13 @@ from . import checkpoint
 from .settings import TrainSettings
 
 __all__ = [
-    "RESUMABLE_CHANGES", "RunLock", "stored_settings", "resumed_settings", "check_resume",
+    "CONFUSION_FILE", "RESUMABLE_CHANGES", "RunLock", "stored_settings", "resumed_settings", "check_resume",
     "append_epoch", "rewrite_metrics", "remove_stale_temporaries", "aside_path", "move_aside",
 ]
+
+#: The run's final-epoch confusion matrix (figs. 8-9), one per run directory: `train` draws it,
+#: `analyze` lists it, `evaluate --out` refuses a run's own folder so as not to replace it.
+CONFUSION_FILE = "confusion_matrix.png"
 
 # What may differ when a run is resumed: how long, where and how fast it trains, never what.
 # (cache_dir, compile, CUDA graphs, cuDNN's algorithm choice, the attention trace, the progress

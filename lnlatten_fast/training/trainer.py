@@ -533,8 +533,8 @@ def summary_text(summary: dict, settings: TrainSettings, run_dir: Path, markdown
     ]
     if "localization" in summary:
         lines += localization.summary_lines(summary["localization"], strong)
-    lines += ["", "![confusion matrix](confusion_matrix.png)" if markdown
-              else f"confusion matrix: {run_dir / 'confusion_matrix.png'}"]
+    lines += ["", f"![confusion matrix]({runs.CONFUSION_FILE})" if markdown
+              else f"confusion matrix: {run_dir / runs.CONFUSION_FILE}"]
     return "\n".join(lines) + "\n"
 
 
@@ -547,7 +547,7 @@ def _write_summary(run_dir: Path, summary: dict, settings: TrainSettings) -> str
     """summary.json, confusion_matrix.png and summary.md; returns the summary for the terminal."""
     (run_dir / "summary.json").write_text(jsonio.dumps(summary, indent=2))
     figures.confusion_matrix(
-        summary["confusion"], labels.CLASS_NAMES, run_dir / "confusion_matrix.png",
+        summary["confusion"], labels.CLASS_NAMES, run_dir / runs.CONFUSION_FILE,
         f"{_run_title(settings)}: final epoch",
     )
     (run_dir / "summary.md").write_text(summary_text(summary, settings, run_dir, markdown=True))
