@@ -84,6 +84,19 @@ def test_warm_up_leaves_weights_optimizer_and_rng_as_found():
         assert torch.equal(p, q)
 
 
+def test_warm_up_leaves_batchnorm_statistics_as_found():
+    """A backbone with BatchNorm (the ResNet-18 stand-in): the warm-up's train-mode forwards move
+    its running statistics and counts, which must be put back like the weights."""
+    cfg = lf.LNLConfig.tiny(image_size=32, backbone="module:backbone_standins:resnet18_standin")
+    model = _model(cfg)
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    assert any("running_mean" in name for name in before)
+    warmed = TrainStep(model, build_optimizer(model, 1e-3, 2e-4), precision="fp32", device="cpu")
+    warmed.warm_up(*_batch(cfg))
+    for name, b in model.named_buffers():
+        assert torch.equal(b, before[name]), name
+
+
 # ---- the compiled step: one graph ----------------------------------------------------------------
 def test_compiled_step_is_one_graph_and_trains_like_the_eager_step():
     """forward, loss, backward and AdamW in one fullgraph=True graph (a graph break would

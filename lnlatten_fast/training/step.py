@@ -220,14 +220,16 @@ class TrainStep:
 
     # ---- warm-up ------------------------------------------------------------------------------
     def warm_up(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None) -> float:
-        """Run the step on (x, y) and put everything back: weights, gradients, optimizer state,
-        learning rate and every RNG stream are as they were. What stays is what the first steps
+        """Run the step on (x, y) and put everything back: weights, buffers (BatchNorm's running
+        statistics and counts), gradients, optimizer state, learning rate and every RNG stream
+        are as they were. What stays is what the first steps
         would otherwise pay inside the first epoch: `auto`'s conv timing, the Triton JIT,
         torch.compile, cuDNN's algorithm search and the CUDA-graph capture. Returns the seconds
         it took (the device waited for)."""
         start = time.perf_counter()
         steps = steps if steps is not None else (3 if self.cuda_graphs else 1)  # graph trees record, then capture
         params = [p.detach().clone() for p in self.model.parameters()]
+        buffers = [b.clone() for b in self.model.buffers()]
         state = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in self.optimizer.state.items()}
         lrs = [g["lr"].clone() if torch.is_tensor(g["lr"]) else g["lr"] for g in self.optimizer.param_groups]
         devices = [self.device] if self.device.type == "cuda" else []
@@ -240,6 +242,8 @@ class TrainStep:
             for p, saved in zip(self.model.parameters(), params):
                 p.copy_(saved)
                 p.grad = None
+            for b, saved in zip(self.model.buffers(), buffers):
+                b.copy_(saved)
             for p, saved in state.items():
                 for k, v in saved.items():
                     if torch.is_tensor(v):
