@@ -66,6 +66,14 @@ def teardown(ctx: Context) -> None:
         dist.destroy_process_group()
 
 
+def broadcast_buffers(module: torch.nn.Module, ctx: Context) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP sends them only at
+    the start of a forward, so after an epoch's last step each rank holds its own batch's."""
+    if ctx.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def all_reduce_sum(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)

@@ -44,8 +44,11 @@ def evaluate(
     model: LNLAttenNet, images: ImageSet, batch_size: int, ctx: distributed.Context, precision: str = "auto"
 ) -> dict:
     """Accuracy, mean class accuracy and confusion matrix, summed over every rank's share.
-    `nonfinite`: images whose logits held NaN or inf; they are wrong in both accuracies and
-    absent from the confusion matrix (`unscored`: how many of them of each true class)."""
+    Every rank evaluates rank 0's model (the one its checkpoints hold): its buffers are sent to
+    the others first. `nonfinite`: images whose logits held NaN or inf; they are wrong in both
+    accuracies and absent from the confusion matrix (`unscored`: how many of them of each true
+    class)."""
+    distributed.broadcast_buffers(model, ctx)
     model.eval()
     precision = resolve_precision(precision, ctx.device)  # once, and before any batch is loaded
     indices = np.arange(ctx.rank, len(images), ctx.world_size)  # disjoint shares, no padding
