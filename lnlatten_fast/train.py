@@ -169,9 +169,10 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 _RUN_DIRECTORY_FIELDS = ("out", "resume", "restart")
 
 
-def _read_config_file(path: Path) -> dict:
-    """The file's table: {flag name: value}, a nested "model" table flattened into it. A run's
-    config.json ({"settings": {...}}) gives its settings, less _RUN_DIRECTORY_FIELDS."""
+def _read_config_file(path: Path) -> tuple[dict, bool]:
+    """The file's table: {flag name: value}, a nested "model" table flattened into it, and
+    whether it is a run's config.json ({"settings": {...}, "model": {...}}), which gives its
+    settings less _RUN_DIRECTORY_FIELDS."""
     if not path.is_file():
         raise MissingPathError("config", f"{path}: no such file (expected a JSON or TOML file of flags)")
     text = path.read_text()
@@ -189,7 +190,13 @@ def _read_config_file(path: Path) -> dict:
         raise ParameterError("config", f"{path}: not valid {kind} ({error})") from None
     if not isinstance(table, dict):
         raise ParameterError("config", f"{path}: expected a table of flags, got a {type(table).__name__}")
-    if isinstance(table.get("settings"), dict):
+    from_run = isinstance(table.get("settings"), dict)
+    if from_run:
+        others = sorted(set(table) - {"settings", "model"})
+        if others or table.get("model", table["settings"].get("model")) != table["settings"].get("model"):
+            raise ParameterError("config", f"{path}: a run's config.json holds 'settings' and, equal to its "
+                                           "settings' model, 'model'; got " + (", ".join(others) if others else
+                                                                               "a 'model' other than the settings' one"))
         table = {k: v for k, v in table["settings"].items() if k not in _RUN_DIRECTORY_FIELDS}
     table = {k.replace("-", "_"): v for k, v in table.items()}
     model = table.pop("model", None) or {}
@@ -198,7 +205,7 @@ def _read_config_file(path: Path) -> dict:
     clashes = sorted(set(model) & set(table))
     if clashes:
         raise ParameterError("config", f"{path}: {', '.join(clashes)} given both in 'model' and outside it")
-    return {**table, **{k.replace("-", "_"): v for k, v in model.items()}}
+    return {**table, **{k.replace("-", "_"): v for k, v in model.items()}}, from_run
 
 
 def _unsettable_differences(table: dict, flags: set[str]) -> dict:
@@ -224,10 +231,11 @@ def _unsettable_differences(table: dict, flags: set[str]) -> dict:
     return differing
 
 
-def config_file_arguments(parser: argparse.ArgumentParser, path: Path) -> list[str]:
+def config_file_arguments(parser: argparse.ArgumentParser, path: Path) -> tuple[list[str], dict, bool]:
     """The command-line arguments the config file `path` stands for (ParameterError("config")
-    naming the file and the entry when one is not a flag or not a valid value)."""
-    table = _read_config_file(path)
+    naming the file and the entry when one is not a flag or not a valid value), with the file's
+    table and whether it is a run's config.json."""
+    table, from_run = _read_config_file(path)
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
     unknown = _unsettable_differences(table, set(actions))
     if unknown:
@@ -253,9 +261,11 @@ def config_file_arguments(parser: argparse.ArgumentParser, path: Path) -> list[s
                 raise ParameterError("config", f"{path}: {name} cannot be null (its default is {action.default!r})")
             if action.default is argparse.SUPPRESS and preset_model.get(name) is not None:
                 arguments += [flag, "none"]  # a number field of the model (overlap): none is a value
+        elif isinstance(value, list):  # TOML's and JSON's arrays: a comma list, as backbone_levels takes
+            arguments += [flag, ",".join(map(str, value))]
         else:
             arguments += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
-    return arguments
+    return arguments, table, from_run
 
 
 def parse_train_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -265,7 +275,11 @@ def parse_train_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[
     if args.config is None:
         return args, argv
     path = Path(args.config)
-    from_file = config_file_arguments(parser, path)
+    from_file, table, from_run = config_file_arguments(parser, path)
+    if from_run and "preset" in cli.given_flags(parser, argv) and args.preset != table.get("preset"):
+        raise ParameterError("preset", f"cannot differ from the preset of `config` {path} ({table.get('preset')}): "
+                                       "a run's config.json sets every model field its preset chose, so another "
+                                       "preset would be mixed with it; write a config file of the flags you want")
     reject = parser.error
 
     def name_the_file(message: str):

@@ -100,6 +100,33 @@ def test_a_run_config_with_a_value_no_flag_sets_is_refused(first_run, tmp_path, 
     values cannot be re-run from the command line, and saying so beats silently dropping them."""
     config = json.loads((first_run / "config.json").read_text())
     config["settings"]["lr_decay"] = 0.9
-    config["settings"]["model"]["head_widths"] = [32, 16]
+    config["settings"]["model"]["head_widths"] = config["model"]["head_widths"] = [32, 16]
     line = bad_config(tmp_path, capsys, json.dumps(config), "config.json")
     assert "lr_decay = 0.9" in line and "head_widths = [32, 16]" in line
+
+
+def test_a_runs_config_with_another_preset_on_the_command_line_is_refused(first_run, tmp_path, capsys):
+    """config.json holds every model field its preset chose (image size, widths...): a --preset
+    beside it would build half of one preset and half of the other."""
+    argv = ["--config", str(first_run / "config.json"), "--preset", "paper", "--out", str(tmp_path / "never")]
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --preset cannot differ from the preset of --config ")
+    assert "(tiny)" in err[0] and not (tmp_path / "never").exists()
+
+
+def test_a_runs_config_whose_two_model_tables_differ_or_with_other_keys_is_refused(first_run, tmp_path, capsys):
+    config = json.loads((first_run / "config.json").read_text())
+    config["model"]["num_patches"] = 9
+    assert "a 'model' other than the settings' one" in bad_config(tmp_path, capsys, json.dumps(config))
+    config = json.loads((first_run / "config.json").read_text())
+    config["epochs"] = 3
+    assert "got epochs" in bad_config(tmp_path, capsys, json.dumps(config), "extra.json")
+
+
+def test_an_array_is_a_comma_list(tmp_path):
+    config = tmp_path / "levels.toml"
+    config.write_text('[model]\nbackbone = "module:backbone_standins:resnet18_standin"\n'
+                      'backbone-levels = ["layer2", "layer4"]\n')
+    args, _ = train_cli.parse_train_args(train_cli.build_parser(), ["--config", str(config)])
+    assert args.backbone_levels == "layer2,layer4" and args.backbone == "module:backbone_standins:resnet18_standin"
