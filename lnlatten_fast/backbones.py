@@ -62,8 +62,15 @@ from .config import MIN_WINDOW, UNET, check_backbone_spec, parse_levels
 from .errors import MissingPathError, ParameterError
 from .geometry import PatchGeometry
 
-__all__ = ["BackboneFeatures", "build_backbone", "default_levels", "smallest_high_size", "load_backbone_weights",
-           "backbone_parameters", "set_backbone_trainable", "scale_backbone_lr"]
+__all__ = ["BackboneFeatures", "build_backbone", "default_levels", "smallest_high_size", "check_weights_path",
+           "load_backbone_weights", "backbone_parameters", "set_backbone_trainable", "scale_backbone_lr"]
+
+
+def _first_line(error: BaseException) -> str:
+    """The error as "Type: first line of its message": library messages can run to many lines,
+    an `error:` line is one."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _import_library(family: str, spec: str):
@@ -71,9 +78,8 @@ def _import_library(family: str, spec: str):
         return importlib.import_module(family)
     except Exception as error:  # noqa: BLE001 - a broken install fails in many ways (torchvision: RuntimeError)
         raise ParameterError(
-            "backbone", f"{spec} needs {family}, which failed to import ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); install the [{family}] extra "
-            f"(pip install 'lnlatten_fast[{family}]') with a {family} build made for this torch "
+            "backbone", f"{spec} needs {family}, which failed to import ({_first_line(error)}); install the "
+            f"[{family}] extra (pip install 'lnlatten_fast[{family}]') with a {family} build made for this torch "
             f"{torch.__version__}") from None
 
 
@@ -92,7 +98,11 @@ def build_backbone(spec: str) -> nn.Module:
         build = getattr(where, attribute, None)
         if not callable(build):
             raise ParameterError("backbone", f"{spec}: {module_name} has no callable {attribute}")
-        built = build()
+        try:
+            built = build()
+        except Exception as error:  # noqa: BLE001 - the user's code fails in its own ways
+            raise ParameterError("backbone", f"{spec}: calling {attribute}() failed ({_first_line(error)}); it must "
+                                 "build the nn.Module without arguments") from None
     elif family == "timm":
         timm = _import_library("timm", spec)
         try:
@@ -173,13 +183,19 @@ class BackboneFeatures(nn.Module):
 
     A dry run on a zero image of `image_size` (eval mode, no buffer changes) finds the levels'
     shapes (`high_channels`, `high_size`, `low_channels`, `low_size`) and freezes the parameters
-    the levels do not depend on.
+    the levels do not depend on. Parameters that `body` arrived with frozen (requires_grad False:
+    its builder froze them) stay frozen too. `spec` names the backbone in error messages.
+
+    While :attr:`frozen` (set_backbone_trainable), `body` stays in eval mode whatever mode the
+    model is put in, so its normalisation statistics stay as loaded too.
     """
 
     def __init__(self, body: nn.Module, levels: tuple[str, str] | str | None, image_size: int,
-                 in_channels: int = 3, min_high_size: int = 1):
+                 in_channels: int = 3, min_high_size: int = 1, spec: str | None = None):
         super().__init__()
         self.body = body
+        self.frozen = False
+        self.spec = spec or type(body).__name__
         self.levels = parse_levels(levels) or default_levels(body)
         modules = dict(body.named_modules())
         for name in self.levels:
@@ -187,17 +203,36 @@ class BackboneFeatures(nn.Module):
                 top = ", ".join(n for n, _ in body.named_children()) or "none"
                 raise ParameterError("backbone_levels", f"names {name!r}, not a submodule of the "
                                      f"{type(body).__name__} (its top-level submodules: {top})")
+        if modules[self.levels[0]] is modules[self.levels[1]]:
+            raise ParameterError("backbone_levels", f"names one module twice ({', '.join(self.levels)}): the head "
+                                 "needs a high-resolution level and a deeper, low-resolution one")
+        #: Names (in `body`) of the parameters `body` arrived with frozen: never trained here.
+        self.frozen_on_arrival = tuple(name for name, p in body.named_parameters() if not p.requires_grad)
         self._captured: dict[str, torch.Tensor] = {}
         for name in self.levels:
             modules[name].register_forward_hook(_Stash(self._captured, name))
         high, low = self._dry_run(image_size, in_channels)
+        if high.shape[-1] < low.shape[-1]:
+            raise ParameterError("backbone_levels", f"{self.levels[0]}'s map ({high.shape[-1]} px) is smaller than "
+                                 f"{self.levels[1]}'s ({low.shape[-1]} px) at {image_size} px: name the "
+                                 "high-resolution level first ('HIGH,LOW')")
         self.high_channels, native_high = high.shape[1], high.shape[-1]
         self.low_channels, self.low_size = low.shape[1], low.shape[-1]
         self.high_size = max(native_high, min_high_size)
 
+    def train(self, mode: bool = True) -> "BackboneFeatures":
+        super().train(mode)
+        if self.frozen:
+            self.body.eval()
+        return self
+
     def _levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._captured.clear()
         self.body(x)
+        for name in self.levels:
+            if name not in self._captured:
+                raise ParameterError("backbone_levels", f"names {name!r}, which the {self.spec}'s forward never "
+                                     "calls")
         high, low = (_as_map(name, self._captured[name]) for name in self.levels)
         self._captured.clear()  # no reference to the graph outlives the forward
         return high, low
@@ -207,7 +242,14 @@ class BackboneFeatures(nn.Module):
         self.body.eval()
         try:
             device = next(self.body.parameters(), torch.zeros(0)).device
-            high, low = self._levels(torch.zeros(1, in_channels, image_size, image_size, device=device))
+            try:
+                high, low = self._levels(torch.zeros(1, in_channels, image_size, image_size, device=device))
+            except ParameterError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the module's own forward fails in its own ways
+                raise ParameterError("backbone", f"{self.spec}: its forward on a {in_channels} x {image_size} x "
+                                     f"{image_size} zero image (`image_size` {image_size}) failed "
+                                     f"({_first_line(error)})") from None
             named = [(n, p) for n, p in self.body.named_parameters() if p.requires_grad]
             trainable = [p for _, p in named]
             used = []
@@ -229,52 +271,103 @@ class BackboneFeatures(nn.Module):
         return high, low
 
 
-def load_backbone_weights(body: nn.Module, path) -> str:
-    """Load the state_dict file `path` into `body` (strict=False: matching names only) and return
-    the one-line report of what was loaded, missing and unexpected. MissingPathError /
-    ParameterError("backbone_weights") for a missing file, an unreadable one or a tensor of the
-    wrong shape."""
+def check_weights_path(path) -> Path:
+    """`path` as a Path once it names a file: MissingPathError("backbone_weights") when nothing is
+    there, ParameterError("backbone_weights") for a directory."""
     path = Path(path)
+    if path.is_dir():
+        raise ParameterError("backbone_weights", f"{path} is a directory, not a state_dict file (one saved with "
+                             "torch.save(module.state_dict()))")
     if not path.is_file():
         raise MissingPathError("backbone_weights", f"{path} does not exist (a state_dict saved with "
                                "torch.save(module.state_dict()))")
+    return path
+
+
+#: Keys under which training scripts commonly save the model's state_dict with other things.
+_WRAPPER_KEYS = ("state_dict", "model")
+#: The prefix DataParallel / DistributedDataParallel put on every key of a state_dict saved through them.
+_PARALLEL_PREFIX = "module."
+
+
+def _unwrapped(state, path: Path) -> tuple[dict, list[str]]:
+    """The state_dict in what torch.load returned, and what was done to find it (for the report)."""
+    done = []
+    if isinstance(state, dict):
+        for key in _WRAPPER_KEYS:
+            if isinstance(state.get(key), dict):
+                state, done = state[key], [f"unwrapped {key!r}"]
+                break
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ParameterError("backbone_weights", f"{path} must hold a state_dict (names to tensors), "
+                             f"got a {type(state).__name__}")
+    if state and all(k.startswith(_PARALLEL_PREFIX) for k in state):
+        state = {k[len(_PARALLEL_PREFIX):]: v for k, v in state.items()}
+        done.append(f"stripped {_PARALLEL_PREFIX!r} from every name")
+    return state, done
+
+
+def load_backbone_weights(body: nn.Module, path) -> str:
+    """Load the state_dict file `path` into `body` (matching names only) and return the one-line
+    report of what was loaded, missing and unexpected (loaded + missing = the backbone's tensors).
+    A state_dict wrapped in {"state_dict": ...} or {"model": ...}, or with DistributedDataParallel's
+    "module." before every name, is unwrapped. MissingPathError / ParameterError("backbone_weights")
+    for a missing file, an unreadable one, a tensor of the wrong shape, or one matching none of
+    the backbone's tensors."""
+    path = check_weights_path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike
-        raise ParameterError("backbone_weights", f"{path} is not a readable state_dict ({error})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ParameterError("backbone_weights", f"{path} must hold a state_dict (names to tensors), "
-                             f"got a {type(state).__name__}")
+        raise ParameterError("backbone_weights", f"{path} is not a readable state_dict ({_first_line(error)}): "
+                             "save one with torch.save(module.state_dict())") from None
+    state, done = _unwrapped(state, path)
     own = body.state_dict()
     wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if wrong:
         k = wrong[0]
         raise ParameterError("backbone_weights", f"{path}: {k} has shape {tuple(state[k].shape)}, the backbone's "
                              f"{tuple(own[k].shape)} ({len(wrong)} tensor(s) differ): saved from another backbone?")
-    result = body.load_state_dict(state, strict=False)
+    loaded = [k for k in own if k in state]
+    if not loaded:
+        raise ParameterError("backbone_weights", f"{path} holds none of the backbone's {len(own)} tensors (its "
+                             f"names: {', '.join(list(state)[:3]) or 'none'}{', ...' if len(state) > 3 else ''}; "
+                             f"the backbone's: {', '.join(list(own)[:3])}, ...): saved from another backbone?")
+    # Only the matching names: a missing buffer (BatchNorm's num_batches_tracked) keeps its own value.
+    body.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
 
     def listed(keys):
         return f"{len(keys)}" + (f" ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" if keys else "")
 
-    loaded = len(state) - len(result.unexpected_keys)
-    return (f"backbone weights {path}: loaded {loaded} of the backbone's {len(own)} tensors; "
-            f"missing {listed(result.missing_keys)}; unexpected {listed(result.unexpected_keys)}")
+    how = f" ({'; '.join(done)})" if done else ""
+    return (f"backbone weights {path}{how}: loaded {len(loaded)} of the backbone's {len(own)} tensors; "
+            f"missing {listed(missing)}; unexpected {listed(unexpected)}")
 
 
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of `model`'s backbone (`model.backbone`, a BackboneFeatures) that the head's
-    levels depend on; none for the paper's U-Net, which trains as one network with the head."""
+    """The parameters of `model`'s backbone (`model.backbone`, a BackboneFeatures) that train: those
+    the head's levels depend on, less those the backbone arrived with frozen; none for the
+    paper's U-Net, which trains as one network with the head."""
     features = getattr(model, "backbone", None)
     if not isinstance(features, BackboneFeatures):
         return []
-    return [p for name, p in features.body.named_parameters() if name not in features.unused_parameters]
+    fixed = {*features.unused_parameters, *features.frozen_on_arrival}
+    return [p for name, p in features.body.named_parameters() if name not in fixed]
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
-    """Freeze (False) or unfreeze (True) the backbone's parameters, leaving frozen for good those
-    the levels do not depend on (BackboneFeatures froze them when it was built)."""
+    """Freeze (False) or unfreeze (True) the backbone's parameters (backbone_parameters: those
+    frozen for good stay frozen). A frozen backbone also stays in eval mode (its BatchNorm
+    statistics as loaded) until unfrozen, whatever mode the model is put in."""
+    features = getattr(model, "backbone", None)
+    if not isinstance(features, BackboneFeatures):
+        return
     for parameter in backbone_parameters(model):
         parameter.requires_grad_(trainable)
+    features.frozen = not trainable
+    features.train(features.training)
 
 
 def scale_backbone_lr(optimizer: torch.optim.Optimizer, model: nn.Module, scale: float) -> None:

@@ -113,9 +113,9 @@ class LNLAttenNet(nn.Module):
 
     A backbone other than the U-Net keeps its own initialisation (only the head gets
     `config.init`) and, when `load_backbone_weights`, the weights of `config.backbone_weights`
-    (the one-line report goes to stdout; built on the meta device, nothing is loaded). Pass False
-    when a checkpoint's weights replace them anyway, so the file need not exist where the
-    checkpoint is used.
+    (its one-line report in `backbone_weights_report`, None when nothing was loaded; built on the
+    meta device, nothing is loaded). Pass False when a checkpoint's weights replace them anyway,
+    so the file need not exist where the checkpoint is used.
     """
 
     def __init__(self, config: LNLConfig | None = None, *, load_backbone_weights: bool = True):
@@ -126,6 +126,7 @@ class LNLAttenNet(nn.Module):
         config.validate()
         self.config = config
         self.backend = config.backend
+        self.backbone_weights_report: str | None = None
         if config.backbone == UNET:
             self.unet = UNet(config.in_channels, config.unet_widths)
             self.head = LNLHead(config.unet_widths[0], config.unet_widths[-1], config.image_size, config,
@@ -135,14 +136,15 @@ class LNLAttenNet(nn.Module):
         else:
             self.backbone = BackboneFeatures(build_backbone(config.backbone), config.backbone_levels,
                                              config.image_size, config.in_channels,
-                                             smallest_high_size(config.num_patches, config.overlap))
+                                             smallest_high_size(config.num_patches, config.overlap),
+                                             spec=config.backbone)
             self.head = LNLHead(self.backbone.high_channels, self.backbone.low_channels, self.backbone.high_size,
                                 config)
             # Where the head's windows (on the high map) lie on the image: what the figures draw and occlude.
             self.geometry = self.head.geometry.scaled_to(config.image_size)
             on_meta = any(p.is_meta for p in self.backbone.body.parameters())  # counted, not allocated
             if config.backbone_weights is not None and load_backbone_weights and not on_meta:
-                print(_load_backbone_weights(self.backbone.body, config.backbone_weights), flush=True)
+                self.backbone_weights_report = _load_backbone_weights(self.backbone.body, config.backbone_weights)
         self.register_load_state_dict_pre_hook(_migrate_on_load)
 
     @property

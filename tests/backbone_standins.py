@@ -159,3 +159,11 @@ def vit_small_standin() -> nn.Module:
 
 def not_a_module():
     return "a string"
+
+
+def resnet18_frozen_stem_standin() -> nn.Module:
+    """The ResNet-18 stand-in with conv1 and layer1 frozen by its builder (requires_grad False)."""
+    model = ResNet18Standin()
+    for module in (model.conv1, model.layer1):
+        module.requires_grad_(False)
+    return model

@@ -117,6 +117,8 @@ def test_a_copy_of_the_adapter_captures_its_own_levels():
 
 
 def test_weights_file_is_loaded_and_reported_in_one_line(tmp_path, capsys):
+    """The model keeps the report (the trainer prints it, once, on the main process); the
+    library prints nothing."""
     torch.manual_seed(1)
     donor = standins.resnet18_standin()
     saved = donor.state_dict()
@@ -126,9 +128,11 @@ def test_weights_file_is_loaded_and_reported_in_one_line(tmp_path, capsys):
     torch.save(saved, path)
     torch.manual_seed(2)
     model = LNLAttenNet(backbone_config("resnet18_standin", backbone_weights=str(path)))
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1
-    assert "missing 1 (layer4.1.bn2.running_var)" in lines[0] and "unexpected 1 (extra.weight)" in lines[0]
+    assert capsys.readouterr().out == ""
+    report = model.backbone_weights_report
+    assert "\n" not in report
+    assert "missing 1 (layer4.1.bn2.running_var)" in report and "unexpected 1 (extra.weight)" in report
+
     loaded = model.backbone.body.state_dict()
     for key, value in donor.state_dict().items():
         if key != "layer4.1.bn2.running_var":
@@ -201,6 +205,7 @@ def test_train_evaluate_export_and_resume_on_a_backbone(tmp_path, capsys):
     report = f"backbone weights {weights}: loaded {tensors} of the backbone's {tensors} tensors; missing 0; unexpected 0"
     assert capsys.readouterr().out.count(report) == 1  # not again for the memory estimate's meta-device model
     after_one = checkpoint.load(run / "last.pt")["model"]
+    weights.unlink()  # resuming, evaluating and exporting need only the checkpoint
     assert train_cli.main(["--resume", "--epochs", "2", "--out", str(run)]) == 0
     payload = checkpoint.load(run / "last.pt")
     assert len(payload["history"]) == 2 and len(read_metrics(run)) == 2
@@ -208,7 +213,6 @@ def test_train_evaluate_export_and_resume_on_a_backbone(tmp_path, capsys):
     assert payload["config"]["backbone"] == SPEC.format("resnet18_standin")
     assert payload["config"]["backbone_weights"] == str(weights)
     capsys.readouterr()
-    weights.unlink()  # evaluating and exporting need only the checkpoint
     assert evaluate_cli.main(["--checkpoint", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == pytest.approx(result["recorded_test_accuracy"], abs=1e-9)
@@ -270,6 +274,175 @@ def test_train_gives_the_backbone_its_lr_scale(tmp_path):
     assert starts == pytest.approx([0.002 * 0.25, 0.002])
 
 
+#: One batch of 16 to train on, 8 images to test: enough where only a step's effect is checked.
+SMALLER = ("--synthetic-train", "16", "--synthetic-test", "8")
+
+
+def saved_standin(path, seed=11):
+    """A ResNet-18 stand-in's state_dict saved at `path`, its BatchNorm statistics random (so
+    that "as loaded" differs from BatchNorm's own init); returns the state_dict."""
+    torch.manual_seed(seed)
+    state = standins.resnet18_standin().state_dict()
+    for key, value in state.items():
+        if key.endswith(("running_mean", "running_var")):
+            value.copy_(torch.rand_like(value) + 0.5)
+    torch.save(state, path)
+    return state
+
+
+def test_parameters_the_builder_froze_stay_frozen(tmp_path):
+    """A `module:` builder that froze conv1 and layer1: one epoch trains layer4, not them."""
+    weights = tmp_path / "resnet.pt"
+    saved = saved_standin(weights)
+    run = tmp_path / "run"
+    argv = tiny_backbone_run(tmp_path, "--backbone-weights", str(weights), "--out", str(run), *SMALLER)
+    argv[argv.index("--backbone") + 1] = SPEC.format("resnet18_frozen_stem_standin")
+    assert train_cli.main(argv) == 0
+    trained = checkpoint.load(run / "last.pt")["model"]
+    frozen = ["conv1.weight", *(f"layer1.{n}" for n, _ in standins.resnet18_standin().layer1.named_parameters())]
+    for name in frozen:
+        assert torch.equal(trained[f"backbone.body.{name}"], saved[name]), name
+    assert not torch.equal(trained["backbone.body.layer4.0.conv1.weight"], saved["layer4.0.conv1.weight"])
+
+
+def test_freeze_backbone_epochs_keeps_the_backbone_as_loaded(tmp_path, monkeypatch):
+    """--freeze-backbone-epochs 1 of 2: after epoch 1 the backbone (weights and BatchNorm
+    statistics) is the file's while the head has trained; after epoch 2 the backbone has trained.
+    The model is seen at the start of each epoch, where the trainer sets the backbone trainable."""
+    from lnlatten_fast import backbones
+
+    seen = []
+    original = backbones.set_backbone_trainable
+
+    def spy(model, trainable):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        original(model, trainable)
+
+    monkeypatch.setattr(backbones, "set_backbone_trainable", spy)
+    weights = tmp_path / "resnet.pt"
+    saved = {f"backbone.body.{k}": v for k, v in saved_standin(weights).items()}
+    run = tmp_path / "run"
+    assert train_cli.main(tiny_backbone_run(tmp_path, "--backbone-weights", str(weights), "--out", str(run),
+                                            "--freeze-backbone-epochs", "1", "--epochs", "2", *SMALLER)) == 0
+    assert len(seen) == 2
+    before, after_one, after_two = seen[0], seen[1], checkpoint.load(run / "last.pt")["model"]
+    for key, value in saved.items():
+        assert torch.equal(after_one[key], value), key
+    head = "head.classifier.0.weight"
+    assert not torch.equal(after_one[head], before[head])
+    for key in ("backbone.body.conv1.weight", "backbone.body.bn1.running_mean"):
+        assert not torch.equal(after_two[key], saved[key]), key
+
+
+def test_set_backbone_trainable_keeps_a_frozen_backbone_in_eval_mode():
+    from lnlatten_fast.backbones import set_backbone_trainable
+
+    model = LNLAttenNet(backbone_config("resnet18_standin", image_size=32))
+    set_backbone_trainable(model, False)
+    model.train()
+    assert model.head.training and not model.backbone.body.training and not model.backbone.body.bn1.training
+    set_backbone_trainable(model, True)
+    assert model.backbone.body.bn1.training
+    model.eval()
+    set_backbone_trainable(model, True)
+    assert not model.backbone.body.bn1.training
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--backbone", "module:torch.nn:Conv2d"],
+     "error: --backbone module:torch.nn:Conv2d: calling Conv2d() failed (TypeError: "),
+    # The stand-in ViT's position embedding holds a 64 px image's tokens.
+    (["--backbone", SPEC.format("vit_small_standin")],
+     f"error: --backbone {SPEC.format('vit_small_standin')}: its forward on a 3 x 32 x 32 zero image "
+     "(--image-size 32) failed (RuntimeError: "),
+    (["--backbone-levels", "layer4,layer1"],
+     "error: --backbone-levels layer4's map (1 px) is smaller than layer1's (8 px) at 32 px"),
+    (["--backbone-levels", "layer2,layer2"], "error: --backbone-levels names one module twice (layer2, layer2)"),
+    (["--backbone-weights", "nowhere.pt"], "error: --backbone-weights nowhere.pt does not exist"),
+], ids=["build-fails", "dry-run-fails", "levels-reversed", "levels-same", "weights-missing"])
+def test_a_backbone_that_cannot_work_is_one_error_line(tmp_path, capsys, flags, expected):
+    """Refused before the run directory is written, as one line naming the flag."""
+    argv = tiny_backbone_run(tmp_path, "--out", str(tmp_path / "run"))
+    if flags[0] == "--backbone":
+        argv[argv.index("--backbone") + 1] = flags[1]
+        flags = []
+    assert train_cli.main([*argv, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_backbone_weights_are_checked_by_the_settings_unless_resuming(tmp_path):
+    from lnlatten_fast.training.settings import TrainSettings
+
+    missing = backbone_config("resnet18_standin", backbone_weights=str(tmp_path / "nowhere.pt"))
+    with pytest.raises(MissingPathError, match="backbone_weights .*nowhere.pt does not exist"):
+        TrainSettings(model=missing).validate()
+    TrainSettings(model=missing, resume=True).validate()  # the weights come from last.pt
+
+
+def test_weights_file_problems_are_one_line(tmp_path):
+    body = standins.resnet18_standin()
+    with pytest.raises(ParameterError, match=r"backbone_weights .* is a directory, not a state_dict file"):
+        load_backbone_weights(body, tmp_path)
+    pickled_module = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled_module)  # the module, not its state_dict
+    with pytest.raises(ParameterError, match=r"module.pt is not a readable state_dict \(UnpicklingError: ") as error:
+        load_backbone_weights(body, pickled_module)
+    assert "\n" not in str(error.value)
+    unrelated = tmp_path / "unrelated.pt"
+    torch.save({"encoder.weight": torch.zeros(3)}, unrelated)
+    with pytest.raises(ParameterError, match=r"unrelated.pt holds none of the backbone's \d+ tensors "
+                                             r"\(its names: encoder.weight; the backbone's: conv1.weight"):
+        load_backbone_weights(body, unrelated)
+
+
+@pytest.mark.parametrize("wrap, how", [
+    (lambda state: {"state_dict": state, "epoch": 3}, "(unwrapped 'state_dict')"),
+    (lambda state: {"model": state, "optimizer": {}}, "(unwrapped 'model')"),
+    (lambda state: {f"module.{k}": v for k, v in state.items()}, "(stripped 'module.' from every name)"),
+    (lambda state: {"model": {f"module.{k}": v for k, v in state.items()}},
+     "(unwrapped 'model'; stripped 'module.' from every name)"),
+], ids=["state_dict", "model", "ddp", "model+ddp"])
+def test_wrapped_weights_files_are_unwrapped(tmp_path, wrap, how):
+    state = saved_standin(tmp_path / "plain.pt")
+    path = tmp_path / "wrapped.pt"
+    torch.save(wrap(state), path)
+    body = standins.resnet18_standin()
+    report = load_backbone_weights(body, path)
+    assert report.startswith(f"backbone weights {path} {how}: loaded {len(state)} of the backbone's {len(state)}")
+    for key, value in body.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_report_counts_add_up_without_num_batches_tracked(tmp_path):
+    """A file without BatchNorm's num_batches_tracked (saved by an older torch): those count as
+    missing, so loaded + missing is the backbone's tensor count (here 20 BatchNorms)."""
+    state = saved_standin(tmp_path / "plain.pt")
+    trimmed = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "trimmed.pt"
+    torch.save(trimmed, path)
+    total = len(state)
+    assert total - len(trimmed) == 20
+    report = load_backbone_weights(standins.resnet18_standin(), path)
+    assert f"loaded {total - 20} of the backbone's {total} tensors; missing 20 (bn1.num_batches_tracked, " in report
+
+
+@pytest.mark.parametrize("name, image_size", [("convnext_tiny_standin", 32), ("vit_small_standin", 64)])
+def test_train_evaluate_and_export_on_the_other_standins(tmp_path, capsys, name, image_size):
+    run = tmp_path / "run"
+    argv = tiny_backbone_run(tmp_path, "--out", str(run), *SMALLER)
+    argv[argv.index("--backbone") + 1] = SPEC.format(name)
+    argv[argv.index("--image-size") + 1] = str(image_size)
+    assert train_cli.main(argv) == 0
+    capsys.readouterr()
+    assert evaluate_cli.main(["--checkpoint", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == pytest.approx(result["recorded_test_accuracy"], abs=1e-9)
+    assert export_cli.main([str(run), "--format", "pt2", "--out", str(tmp_path / "model.pt2")]) == 0
+    assert (tmp_path / "model.pt2").stat().st_size > 0
+
+
 # Shapes at 224 px, from the libraries' architectures: ResNet-18's layer1 (64, 1/4) and layer4
 # (512, 1/32); ConvNeXt-T's first stage (96, 1/4) and last (768, 1/32); ViT-S/16's 14 x 14
 # tokens of width 384, the high level brought to 20 px for 16 windows.
@@ -312,7 +485,7 @@ def test_real_library_families(spec, high, low):
         assert tuple(model(torch.randn(1, 3, 224, 224)).logits.shape) == (1, 7)
 
 
-def test_real_timm_vit_runs_at_the_runs_image_size_and_loads_a_224_px_state_dict(tmp_path, capsys):
+def test_real_timm_vit_runs_at_the_runs_image_size_and_loads_a_224_px_state_dict(tmp_path):
     """timm builds ViT-S/16 for 224 px and refuses 96 px unless its position embedding is
     resampled; a file saved from the library's own 224 px model still loads whole."""
     timm = import_family("timm")
@@ -320,7 +493,7 @@ def test_real_timm_vit_runs_at_the_runs_image_size_and_loads_a_224_px_state_dict
     torch.save(timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).state_dict(), weights)
     model = LNLAttenNet(LNLConfig.tiny(image_size=96, backbone="timm:vit_small_patch16_224",
                                        backbone_weights=str(weights))).eval()
-    assert "missing 0; unexpected 0" in capsys.readouterr().out
+    assert "missing 0; unexpected 0" in model.backbone_weights_report
     assert (model.backbone.low_channels, model.backbone.low_size) == (384, 6)  # 96 / 16 tokens a side
     with torch.no_grad():
         assert tuple(model(torch.randn(2, 3, 96, 96)).logits.shape) == (2, 7)

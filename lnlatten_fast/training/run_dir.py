@@ -267,7 +267,8 @@ def resumed_settings(run_dir: Path, changes: dict) -> TrainSettings:
 def check_resume(run_dir: Path, settings: TrainSettings) -> TrainSettings:
     """For `train(resume=True)`: the stored run's settings, once `settings` is checked to differ
     from them only in RESUMABLE_CHANGES."""
-    stored = stored_settings(run_dir, settings.restart)
+    # Validated as the resumed run it becomes: its weights come from last.pt, not `backbone_weights`.
+    stored = dataclasses.replace(stored_settings(run_dir, settings.restart), resume=True)
     stored.validate()
     for name, a, b in _differences(stored, settings):
         raise _refuse(name, a, b)

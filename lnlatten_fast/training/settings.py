@@ -161,6 +161,12 @@ class TrainSettings:
         if self.freeze_backbone_epochs and self.cuda_graphs:
             raise ParameterError("freeze_backbone_epochs", "cannot be combined with `cuda_graphs`: the graph "
                                  "captured while the backbone is frozen would never update it")
+        if self.model.backbone_weights is not None and not self.resume:
+            # Before the dataset is loaded and the run directory written. A resumed run's weights
+            # come from its last.pt: the file it started from may be gone.
+            from ..backbones import check_weights_path
+
+            check_weights_path(self.model.backbone_weights)
 
     @property
     def num_folds(self) -> int:

@@ -185,6 +185,8 @@ def fit(
     # A resumed run's weights, the backbone's included, come from last.pt: the weights file it
     # started from may be gone.
     model = LNLAttenNet(cfg, load_backbone_weights=not resuming).to(ctx.device).channels_last()
+    if model.backbone_weights_report and ctx.is_main:
+        print(model.backbone_weights_report, flush=True)
     backend_used = resolve_name(cfg.backend, ctx.device)
     # "decoupled" (default): eq. 3's L2 term as AdamW's weight decay 2λ on the conv and linear
     # weights. "loss" adds λ·Σ‖W‖² to the loss as eq. 3 writes it; with Adam that collapses this
