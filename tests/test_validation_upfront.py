@@ -220,6 +220,7 @@ TRAIN_CASES = [
     (["--synthetic-occlusion", "2"], "--synthetic-occlusion"),
     (["--trace-images", "-1"], "--trace-images"),
     (["--workers", "-1"], "--workers"),
+    (["--folds", "2"], "--folds"),
 ]
 
 

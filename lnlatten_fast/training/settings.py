@@ -117,6 +117,9 @@ class TrainSettings:
             raise ParameterError("seed", f"must be in [0, 2**32 - 1], got {self.seed}")
         if self.folds is not None and self.folds != 0 and self.folds < 2:
             raise ParameterError("folds", f"must be 0 (the dataset's own split) or >= 2, got {self.folds}")
+        if self.dataset == "synthetic" and self.num_folds:  # its faces exist only as the train and test split
+            raise ParameterError("folds", f"needs a dataset read whole (its folds cut from all of it); the synthetic "
+                                 f"dataset has only its own train and test split, got {self.folds}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ParameterError(
                 "val_fraction", f"must lie in [0, 1) (0: no validation set), got {self.val_fraction}"
