@@ -193,6 +193,16 @@ def tiny_backbone_run(tmp_path, *flags):
             "--trace-every", "0", "--progress", "none", "--epochs", "1", *flags]
 
 
+def evaluates_and_exports(run, tmp_path, capsys):
+    """evaluate finds the accuracy the run recorded, and export writes a pt2 file, from the run alone."""
+    capsys.readouterr()
+    assert evaluate_cli.main(["--checkpoint", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == pytest.approx(result["recorded_test_accuracy"], abs=1e-9)
+    assert export_cli.main([str(run), "--format", "pt2", "--out", str(tmp_path / "model.pt2")]) == 0
+    assert (tmp_path / "model.pt2").stat().st_size > 0
+
+
 def test_train_evaluate_export_and_resume_on_a_backbone(tmp_path, capsys):
     """The train CLI on the ResNet-18 stand-in with a weights file: trains, resumes, and then
     evaluates and exports from the checkpoint alone (the weights file gone)."""
@@ -212,12 +222,7 @@ def test_train_evaluate_export_and_resume_on_a_backbone(tmp_path, capsys):
     assert not torch.equal(payload["model"]["backbone.body.conv1.weight"], after_one["backbone.body.conv1.weight"])
     assert payload["config"]["backbone"] == SPEC.format("resnet18_standin")
     assert payload["config"]["backbone_weights"] == str(weights)
-    capsys.readouterr()
-    assert evaluate_cli.main(["--checkpoint", str(run), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["accuracy"] == pytest.approx(result["recorded_test_accuracy"], abs=1e-9)
-    assert export_cli.main([str(run), "--format", "pt2", "--out", str(tmp_path / "model.pt2")]) == 0
-    assert (tmp_path / "model.pt2").stat().st_size > 0
+    evaluates_and_exports(run, tmp_path, capsys)
 
 
 def test_backbone_lr_scale_and_freezing():
@@ -435,12 +440,7 @@ def test_train_evaluate_and_export_on_the_other_standins(tmp_path, capsys, name,
     argv[argv.index("--backbone") + 1] = SPEC.format(name)
     argv[argv.index("--image-size") + 1] = str(image_size)
     assert train_cli.main(argv) == 0
-    capsys.readouterr()
-    assert evaluate_cli.main(["--checkpoint", str(run), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["accuracy"] == pytest.approx(result["recorded_test_accuracy"], abs=1e-9)
-    assert export_cli.main([str(run), "--format", "pt2", "--out", str(tmp_path / "model.pt2")]) == 0
-    assert (tmp_path / "model.pt2").stat().st_size > 0
+    evaluates_and_exports(run, tmp_path, capsys)
 
 
 # Shapes at 224 px, from the libraries' architectures: ResNet-18's layer1 (64, 1/4) and layer4
