@@ -11,7 +11,9 @@ import contextlib
 import csv
 import io
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,8 +26,21 @@ STANDIN = "module:tests.backbone_standins:resnet18_standin"
 # Made unimportable in the test (None in sys.modules), so the row is "not run" wherever
 # torchvision is installed too.
 UNIMPORTABLE = "torchvision:resnet18"
+# The spec names the stand-in as the README does, from the repository's root: importable by the
+# sweep (its up-front check) and by its children however pytest was started.
+REPOSITORY = str(Path(__file__).resolve().parents[1])
 TINY = ["--preset", "tiny", "--epochs", "1", "--synthetic-train", "14", "--synthetic-test", "7",
         "--image-size", "32", "--batch-size", "8", "--trace-every", "0"]
+
+
+def reach_the_repository(patch: pytest.MonkeyPatch) -> None:
+    patch.syspath_prepend(REPOSITORY)
+    patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")])))
+
+
+@pytest.fixture(autouse=True)
+def repository_on_the_path(monkeypatch):
+    reach_the_repository(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +51,7 @@ def swept(tmp_path_factory):
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setitem(sys.modules, "torchvision", None)
+        reach_the_repository(patch)
         code = sweep_cli.main(["backbones", "--out", str(out), "--backbones", f"{STANDIN},{UNIMPORTABLE}",
                                "--jobs", "2", "--cache-dir", str(root / "cache"), *TINY])
     assert code == 0, printed.getvalue()
