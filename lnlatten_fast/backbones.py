@@ -62,7 +62,7 @@ from .config import MIN_WINDOW, UNET, check_backbone_spec, parse_levels
 from .errors import MissingPathError, ParameterError
 from .geometry import PatchGeometry
 
-__all__ = ["BackboneFeatures", "build_backbone", "default_levels", "smallest_high_size", "check_weights_path",
+__all__ = ["BackboneFeatures", "LibraryMissingError", "build_backbone", "default_levels", "smallest_high_size", "check_weights_path",
            "load_backbone_weights", "backbone_parameters", "set_backbone_trainable", "scale_backbone_lr"]
 
 
@@ -73,11 +73,15 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
+class LibraryMissingError(ParameterError):
+    """A `timm:` / `torchvision:` backbone whose library does not import here (not a bad spec)."""
+
+
 def _import_library(family: str, spec: str):
     try:
         return importlib.import_module(family)
     except Exception as error:  # noqa: BLE001 - a broken install fails in many ways (torchvision: RuntimeError)
-        raise ParameterError(
+        raise LibraryMissingError(
             "backbone", f"{spec} needs {family}, which failed to import ({_first_line(error)}); install the "
             f"[{family}] extra (pip install 'lnlatten_fast[{family}]') with a {family} build made for this torch "
             f"{torch.__version__}") from None

@@ -20,7 +20,6 @@ not trained: its row says "not run" and why, so the table never drops a backbone
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import math
 import re
@@ -29,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import FAMILIES, UNET, LNLConfig, check_backbone_spec
+from ..backbones import LibraryMissingError
+from ..config import UNET, LNLConfig, check_backbone_spec
 from ..data.datasets import SYNTHETIC
 from ..data.sources import list_dataset
 from ..errors import ParameterError
@@ -60,7 +60,6 @@ def _natural(**fields) -> dict:
 DEFAULT_BACKBONES = ("torchvision:resnet18", "torchvision:resnet50", "timm:convnext_tiny")
 #: Train fields that fit one backbone, not the U-Net row and every backbone alike.
 BACKBONE_ONLY = ("backbone_levels", "backbone_weights", "freeze_backbone_epochs", "backbone_lr_scale")
-_LIBRARY_FAMILIES = tuple(family for family in FAMILIES if family != "module")
 
 
 def backbone_settings(specs) -> list[Setting]:
@@ -156,17 +155,6 @@ def parameter_count(config: LNLConfig) -> int:
     return sum(parameter_split(config))
 
 
-def _library_missing(spec: str) -> bool:
-    family, _ = check_backbone_spec(spec)
-    if family not in _LIBRARY_FAMILIES:
-        return False
-    try:
-        importlib.import_module(family)
-    except Exception:  # noqa: BLE001 - a broken install fails in many ways (torchvision: RuntimeError)
-        return True
-    return False
-
-
 def backbone_not_run(config: LNLConfig) -> str | None:
     """A backbones-table row checked before anything trains: None when `config.backbone` builds,
     the one-line reason when its library does not import here. Anything else wrong with the
@@ -176,9 +164,9 @@ def backbone_not_run(config: LNLConfig) -> str | None:
     try:
         parameter_split(config)
         return None
+    except LibraryMissingError as error:
+        return error.problem
     except ParameterError as error:
-        if error.parameter == "backbone" and _library_missing(spec):
-            return error.problem
         # build_backbone's problems name the spec; another parameter's is quoted to show as its flag
         problem = error.problem if error.parameter == "backbone" else f"{spec}: `{error.parameter}` {error.problem}"
         raise ParameterError("backbones", problem) from None
